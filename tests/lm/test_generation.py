@@ -1,0 +1,151 @@
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from alignkit.core.logprobs import token_logprobs
+from alignkit.generation import Generator, KVCacheGenerator, SamplingParams, left_pad, process_logits
+from alignkit.models.tiny import build_tiny_llama
+
+BACKENDS = ["fast", "hf"]
+
+
+def _prompts(seed, lengths, vocab=97):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_equals_transformers_generate(small_llama, backend):
+    prompts = _prompts(0, [7, 2, 13, 5, 1])
+    ids, mask = left_pad(prompts, 0)
+    with torch.no_grad():
+        ref = small_llama.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=24,
+                                   pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    out = gen.generate(prompts, SamplingParams(max_new_tokens=24, greedy=True))
+    assert out.response_ids.shape == (5, 24)
+    assert torch.equal(out.response_ids, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_stops_at_eos_like_transformers(small_llama, backend):
+    prompts = _prompts(1, [4, 9, 6])
+    ids, mask = left_pad(prompts, 0)
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    free = gen.generate(prompts, SamplingParams(max_new_tokens=20, greedy=True))
+    eos = int(free.response_ids[0, 5])  # make a token that row 0 emits at step 5 the EOS
+    with torch.no_grad():
+        ref = small_llama.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20,
+                                   pad_token_id=0, eos_token_id=eos)[:, ids.shape[1]:]
+    out = KVCacheGenerator(small_llama, eos_token_id=eos, pad_token_id=0, backend=backend).generate(
+        prompts, SamplingParams(max_new_tokens=20, greedy=True))
+    width = out.response_ids.shape[1]
+    assert torch.equal(out.response_ids, ref[:, :width])
+    assert (ref[:, width:] == 0).all()  # transformers only padded beyond our early stop
+    assert bool(out.finished[0]) and out.response_mask[0].sum() <= 6
+    first_eos = (out.response_ids[0] == eos).nonzero()[0].item()
+    assert out.response_mask[0, : first_eos + 1].all() and not out.response_mask[0, first_eos + 1:].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_returned_logprobs_equal_a_separate_forward(small_llama, backend, temperature):
+    prompts = _prompts(2, [3, 8, 5, 11])
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    out = gen.generate(prompts, SamplingParams(max_new_tokens=16, temperature=temperature, n=2, seed=3))
+    full = torch.cat([out.prompt_ids, out.response_ids], 1)
+    attn = torch.cat([out.prompt_mask, out.response_mask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = small_llama(input_ids=full, attention_mask=attn, position_ids=pos).logits
+    p = out.prompt_ids.shape[1]
+    lp = token_logprobs(logits[:, p - 1 : -1], out.response_ids, temperature) * out.response_mask
+    torch.testing.assert_close(out.logprobs, lp, atol=1e-4, rtol=0)
+
+
+def _one_token_frequencies(model, sampling, draws):
+    gen = KVCacheGenerator(model, eos_token_id=2, pad_token_id=0)
+    prompt = [5, 7, 9]
+    out = gen.generate([prompt], SamplingParams(max_new_tokens=1, n=draws, **sampling))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1]
+    counts = torch.bincount(out.response_ids[:, 0], minlength=logits.shape[-1]).double()
+    return counts, logits
+
+
+def test_sampling_frequencies_match_softmax_chi_square():
+    model = build_tiny_llama(seed=4, vocab_size=12, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64)
+    with torch.no_grad():  # sharpen the head a bit so the distribution is far from uniform
+        model.lm_head.weight.mul_(8.0)
+    for temperature in (1.0, 0.6):
+        counts, logits = _one_token_frequencies(model, {"temperature": temperature, "seed": 7}, 20000)
+        probs = torch.softmax(logits.double() / temperature, -1)
+        assert probs.max() > 0.2  # not uniform: the test has power
+        keep = probs * 20000 >= 5  # chi-square validity: pool tiny cells
+        f_obs = torch.cat([counts[keep], counts[~keep].sum(0, keepdim=True)])
+        f_exp = torch.cat([probs[keep], probs[~keep].sum(0, keepdim=True)]) * 20000
+        if f_exp[-1] == 0:
+            f_obs, f_exp = f_obs[:-1], f_exp[:-1]
+        p_value = chisquare(f_obs.numpy(), f_exp.numpy()).pvalue
+        assert p_value > 0.001, (temperature, p_value)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.6), (4, 0.7)])
+def test_top_k_top_p_truncation_respected(top_k, top_p):
+    model = build_tiny_llama(seed=5, vocab_size=12, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)
+    counts, logits = _one_token_frequencies(model, {"top_k": top_k, "top_p": top_p, "seed": 11}, 10000)
+    allowed = torch.isfinite(process_logits(logits[None], 1.0, top_k, top_p))[0]
+    assert counts[~allowed].sum() == 0
+    assert 1 <= int(allowed.sum()) < 12
+    probs = torch.softmax(logits.double(), -1) * allowed
+    probs = probs / probs.sum()
+    idx = allowed.nonzero().squeeze(-1)
+    if len(idx) > 1:
+        assert chisquare(counts[idx].numpy(), (probs[idx] * 10000).numpy()).pvalue > 0.001
+
+
+def test_top_p_hand_computed():
+    # probs [0.5, 0.3, 0.15, 0.05]; top_p 0.75: mass before token 2 is 0.8 >= 0.75 -> keep tokens 0, 1
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(process_logits(logits, 1.0, 0, 0.75))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.isfinite(process_logits(logits, 1.0, 0, 0.8)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(process_logits(logits, 1.0, 0, 0.81)).tolist() == [[True, True, True, False]]
+
+
+def test_min_new_tokens_n_samples_and_seeding(small_llama):
+    gen = KVCacheGenerator(small_llama, eos_token_id=list(range(3, 97)), pad_token_id=0)
+    out = gen.generate([[5, 6], [7]], SamplingParams(max_new_tokens=8, min_new_tokens=3, n=3, seed=0))
+    # every token but 0, 1, 2 ends the sequence, so each row stops right at step 3 (or earlier if it
+    # drew 0/1/2, which are allowed but not EOS)
+    assert out.response_ids.shape[0] == 6
+    assert (out.response_mask.sum(-1) >= 3).all()
+    assert out.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    a = KVCacheGenerator(small_llama, 2, 0).generate([[5, 6]], SamplingParams(max_new_tokens=10, n=4, seed=9))
+    b = KVCacheGenerator(small_llama, 2, 0).generate([[5, 6]], SamplingParams(max_new_tokens=10, n=4, seed=9))
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert not torch.equal(a.response_ids[0], a.response_ids[1])
+
+
+def test_bad_inputs_name_the_offender(small_llama):
+    gen = KVCacheGenerator(small_llama, 2, 0)
+    with pytest.raises(ValueError, match="prompt 1 has 250 tokens"):
+        gen.generate([[3], [4] * 250], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        gen.generate([[]], SamplingParams())
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=0)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        SamplingParams(max_new_tokens=4, min_new_tokens=5)
+    assert isinstance(gen, Generator)
+
+
+def test_generation_does_not_leave_model_in_eval_mode(small_llama):
+    small_llama.train()
+    KVCacheGenerator(small_llama, 2, 0).generate([[3, 4]], SamplingParams(max_new_tokens=2))
+    assert small_llama.training
+    small_llama.eval()
