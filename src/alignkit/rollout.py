@@ -1,0 +1,307 @@
+"""Rollouts: prompts -> Generator -> RewardFn -> a batch with everything the online trainers need.
+
+This is the one place where a generation engine, a reward source and the models meet (DESIGN.md). The
+stages are timed separately (``Rollout.stats``) so the benchmarks get a per-stage breakdown for free:
+
+    tokenize -> generate -> decode -> score -> policy log-probs -> reference log-probs -> values
+
+Choices (each one named, with the reason):
+* Policy log-probs are *recomputed* by a forward pass of the policy in training mode (dropout is off in
+  every RL model, see ``alignkit.models``), in fp32, at the sampling temperature. The sampler's own
+  log-probs are kept too (``sampler_logprobs``): a mismatch between the two is how engine bugs show up,
+  and with another engine (bf16, fused kernels) they differ by more than rounding.
+* A response ends at its first EOS (included in the mask); tokens after it are padding.
+* ``missing_eos_penalty``: a response cut at max_new_tokens gets this score *instead of* the reward
+  function's (the issue's "replaces" policy; TRL subtracts it instead).
+* Values: V(s_t) is the critic's output at the position *before* token t, the same offset as the logits
+  that score token t.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from .core.logprobs import token_logprobs
+from .generation.base import Completions, Generator, SamplingParams
+
+__all__ = ["Rollout", "collect_rollout", "response_logprobs", "response_values", "tokenize_prompts"]
+
+
+@dataclass
+class Rollout:
+    """A batch of N sampled responses (prompt-major: the n samples of prompt 0 come first).
+
+    Tensors (P = padded prompt length, R = padded response length):
+        prompt_ids, prompt_mask: ``[N, P]`` left-padded.
+        response_ids, response_mask: ``[N, R]`` right-padded; the mask includes the EOS token.
+        logprobs: ``[N, R]`` policy log-probs recomputed in fp32 (training-mode forward, no grad).
+        sampler_logprobs: ``[N, R]`` log-probs reported by the generator.
+        ref_logprobs: ``[N, R]`` or None, reference-model log-probs.
+        values: ``[N, R]`` or None, critic values V(s_t).
+        scores: ``[N]`` final sequence scores (after the missing-EOS policy).
+        raw_scores: ``[N]`` what the reward function returned.
+        finished: ``[N]`` bool, the response ended with EOS.
+        group_ids: ``[N]`` index of the prompt each response answers.
+    Lists: prompts (N strings, repeated per sample), completions (N decoded responses).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    sampler_logprobs: torch.Tensor
+    scores: torch.Tensor
+    raw_scores: torch.Tensor
+    finished: torch.Tensor
+    group_ids: torch.Tensor
+    prompts: list[str]
+    completions: list[str]
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """``[N, P + R]`` prompt and response tokens."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[N, P + R]``."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def select(self, index: torch.Tensor | list[int]) -> Rollout:
+        """Rows ``index`` as a new Rollout (for minibatches)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                out[f.name] = value[index.to(value.device)]
+            elif isinstance(value, list):
+                out[f.name] = [value[i] for i in index.tolist()]
+            else:
+                out[f.name] = value
+        return Rollout(**out)
+
+
+def tokenize_prompts(
+    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "error"
+) -> tuple[list[list[int]], int]:
+    """Tokenise prompts (special tokens as the tokenizer adds them). Returns (ids, number truncated).
+
+    ``truncation``: ``"error"`` raises on a prompt longer than ``max_prompt_length`` naming its index;
+    ``"left"`` keeps its last ``max_prompt_length`` tokens (the end of a prompt matters most for the reply).
+    """
+    if truncation not in ("error", "left"):
+        raise ValueError(f"prompt truncation must be 'error' or 'left', got {truncation!r}")
+    ids = []
+    truncated = 0
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise TypeError(f"prompt {i} must be a string, got {type(text).__name__}")
+        tokens = tokenizer(text)["input_ids"]
+        if not tokens:
+            raise ValueError(f"prompt {i} tokenises to nothing: {text!r}")
+        if max_prompt_length is not None and len(tokens) > max_prompt_length:
+            if truncation == "error":
+                raise ValueError(
+                    f"prompt {i} has {len(tokens)} tokens, more than max_prompt_length={max_prompt_length} "
+                    "(set prompt_truncation='left' to keep its last tokens)"
+                )
+            tokens = tokens[-max_prompt_length:]
+            truncated += 1
+        ids.append(list(tokens))
+    return ids, truncated
+
+
+def _model_logits(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    """Logits ``[N, L, V]`` from a causal LM or anything with a ``logits(...)`` method."""
+    if hasattr(model, "logits") and callable(model.logits):
+        return model.logits(input_ids, attention_mask, position_ids)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """log pi(a_t | s_t) of each response token, fp32, ``[N, R]`` (0 at padding).
+
+    Runs ``model`` on prompt+response (left-padded prompt, so position ids count real tokens) and scores
+    token t with the logits at position P - 1 + t. Gradients flow if called with grad enabled.
+    """
+    n, p = prompt_ids.shape
+    batch_size = batch_size or n
+    outs = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
+        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
+        logits = _model_logits(model, ids, mask, _position_ids(mask))
+        lp = token_logprobs(logits[:, p - 1 : -1], response_ids[sl], temperature)
+        outs.append(lp * response_mask[sl])
+    return torch.cat(outs, 0)
+
+
+def response_values(
+    critic: Callable[..., torch.Tensor],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Critic values V(s_t) for each response token, ``[N, R]`` (0 at padding).
+
+    ``critic(input_ids, attention_mask, position_ids) -> [N, L]`` per-position values; V(s_t) is read at
+    position P - 1 + t, the state before token t is generated.
+    """
+    n, p = prompt_ids.shape
+    batch_size = batch_size or n
+    outs = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
+        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
+        values = critic(ids, mask, _position_ids(mask))
+        outs.append(values[:, p - 1 : -1].float() * response_mask[sl])
+    return torch.cat(outs, 0)
+
+
+def _decode(tokenizer, completions: Completions) -> list[str]:
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(completions.response_ids, completions.response_mask,
+                                                            strict=True)]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def collect_rollout(
+    prompts: list[str],
+    tokenizer,
+    generator: Generator,
+    reward_fn: Callable[..., list[float]],
+    policy: torch.nn.Module,
+    sampling: SamplingParams,
+    reference=None,
+    critic: Callable[..., torch.Tensor] | None = None,
+    columns: dict[str, list] | None = None,
+    missing_eos_penalty: float | None = None,
+    max_prompt_length: int | None = None,
+    prompt_truncation: str = "error",
+    forward_batch_size: int | None = None,
+) -> Rollout:
+    """Sample ``sampling.n`` responses per prompt, score them, and compute log-probs (and values).
+
+    Args:
+        prompts: B prompt strings.
+        tokenizer: a transformers tokenizer (encodes prompts, decodes responses).
+        generator: any :class:`~alignkit.generation.Generator`.
+        reward_fn: ``(prompts, completions, **columns) -> list[float]`` (see ``alignkit.rewards``);
+            its output is validated (count, finiteness, type) with errors naming the prompt index.
+        policy: the causal LM being trained; log-probs are recomputed with it in training mode.
+        sampling: sampling parameters (their temperature is used for the log-probs too).
+        reference: causal LM or object with ``logits(ids, mask, pos)``; None skips reference log-probs.
+        critic: ``(ids, mask, pos) -> [N, L]`` values; None skips values.
+        columns: extra per-prompt dataset columns (lists of length B) passed to the reward function,
+            repeated per sample.
+        missing_eos_penalty: score given to responses that never produced EOS (None: keep their score).
+        max_prompt_length, prompt_truncation: see :func:`tokenize_prompts`.
+        forward_batch_size: micro-batch size for the log-prob and value forwards (None: all at once).
+    Returns:
+        a :class:`Rollout` with ``stats`` holding per-stage seconds and batch statistics.
+    """
+    from .rewards.base import call_reward_fn
+
+    stats: dict[str, float] = {}
+    t = time.perf_counter()
+    prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, max_prompt_length, prompt_truncation)
+    stats["prompts_truncated"] = float(n_truncated)
+
+    t = _lap(stats, "time/tokenize_s", t)
+    comp = generator.generate(prompt_tokens, sampling)
+    t = _lap(stats, "time/generate_s", t)
+    completions = _decode(tokenizer, comp)
+    rows = comp.group_ids.tolist()
+    sample_prompts = [prompts[i] for i in rows]
+    sample_columns = {}
+    for name, values in (columns or {}).items():
+        if len(values) != len(prompts):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(prompts)} prompts")
+        sample_columns[name] = [values[i] for i in rows]
+    t = _lap(stats, "time/decode_s", t)
+
+    raw_scores = call_reward_fn(reward_fn, sample_prompts, completions, **sample_columns)
+    scores = raw_scores.clone()
+    if missing_eos_penalty is not None:
+        scores = torch.where(comp.finished.cpu(), scores, torch.full_like(scores, float(missing_eos_penalty)))
+    t = _lap(stats, "time/score_s", t)
+
+    device = comp.response_ids.device
+    was_training = policy.training
+    policy.train()  # dropout is off in RL models: training mode only matters for layers like batch-norm
+    try:
+        logprobs = response_logprobs(policy, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                     comp.response_mask, sampling.temperature, forward_batch_size)
+    finally:
+        policy.train(was_training)
+    t = _lap(stats, "time/policy_logprobs_s", t)
+    ref_logprobs = None
+    if reference is not None:
+        ref_logprobs = response_logprobs(reference, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                         comp.response_mask, sampling.temperature, forward_batch_size)
+    t = _lap(stats, "time/ref_logprobs_s", t)
+    values = None
+    if critic is not None:
+        values = response_values(critic, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                 comp.response_mask, forward_batch_size)
+    _lap(stats, "time/values_s", t)
+
+    lengths = comp.response_mask.sum(-1).float()
+    stats.update({
+        "response_length_mean": float(lengths.mean()),
+        "eos_rate": float(comp.finished.float().mean()),
+        "score_mean": float(scores.mean()),
+        "raw_score_mean": float(raw_scores.mean()),
+        "sampler_logprob_max_abs_diff": float((logprobs - comp.logprobs).abs().max()),
+    })
+    return Rollout(
+        prompt_ids=comp.prompt_ids,
+        prompt_mask=comp.prompt_mask,
+        response_ids=comp.response_ids,
+        response_mask=comp.response_mask,
+        logprobs=logprobs,
+        sampler_logprobs=comp.logprobs,
+        scores=scores.to(device),
+        raw_scores=raw_scores.to(device),
+        finished=comp.finished,
+        group_ids=comp.group_ids,
+        prompts=sample_prompts,
+        completions=completions,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        stats=stats,
+    )
+
+
+def _lap(stats: dict[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    stats[key] = now - since
+    return now
