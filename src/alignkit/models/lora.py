@@ -1,0 +1,72 @@
+"""LoRA adapters through peft (imported only when used: ``pip install 'alignkit[lora]'``).
+
+LoRA (Hu et al. 2021, arXiv:2106.09685) adds a trainable low-rank update to frozen weights:
+
+    W' x = W x + (alpha / r) * B A x,      A: [r, d_in] ~ random,  B: [d_out, r] = 0 at init
+
+so the adapted policy starts equal to the base model, and the base model (the reference policy of the
+KL penalty) is available for free by switching the adapter off (:class:`~alignkit.models.reference.
+AdapterDisabledReference`): no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+__all__ = ["apply_lora", "is_peft_model"]
+
+
+def _import_peft():
+    try:
+        import peft
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("LoRA needs the 'peft' package: pip install 'alignkit[lora]' (or pip install peft)") from err
+    return peft
+
+
+def is_peft_model(model: object) -> bool:
+    """True for a ``peft.PeftModel``. Does not import peft (a model cannot be one unless peft is loaded)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+    modules_to_save: list[str] | None = None,
+) -> nn.Module:
+    """Wrap a causal LM with LoRA adapters (``peft.get_peft_model``; the base weights are frozen in place).
+
+    Args:
+        model: an ``AutoModelForCausalLM`` (resize its embeddings for the tokenizer *before* this).
+        r: adapter rank (> 0).
+        alpha: scaling numerator: the update is ``(alpha / r) B A``.
+        dropout: LoRA dropout on the adapter input. Default 0: with dropout, two forwards of the same
+            tokens give different log-probs and the PPO ratio is not 1 at the first step.
+        target_modules: module names to adapt, or ``"all-linear"`` (every linear layer but the LM head).
+        modules_to_save: modules trained in full and saved with the adapter (e.g. ``["lm_head"]``).
+    Returns:
+        A ``peft.PeftModel`` (task type CAUSAL_LM).
+    """
+    if r <= 0:
+        raise ValueError(f"LoRA rank r must be > 0, got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    if is_peft_model(model):
+        raise ValueError("model already has PEFT adapters; apply_lora expects a plain transformers model")
+    peft = _import_peft()
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        modules_to_save=modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
