@@ -29,6 +29,7 @@ from .judge import (
     PairwiseJudgeReward,
     parse_label_probs,
 )
+from .model_scorer import RewardModelScorer
 from .rules import (
     ANSWER_FORMATS,
     Contains,
@@ -52,6 +53,7 @@ from .rules import (
 )
 
 __all__ = [
+    "RewardModelScorer",
     # base
     "RewardFn",
     "OnInvalid",
