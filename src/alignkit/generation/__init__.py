@@ -1,6 +1,6 @@
 """Sampling completions from a policy: the Generator protocol and the default KV-cache engine."""
 
-from .base import Completions, Generator, SamplingParams, left_pad, process_logits, sample_tokens
+from .base import Completions, Generator, SamplingParams, left_pad, process_logits, sample_from_probs, sample_tokens
 from .engine import FAST_PATH_MODEL_TYPES, HFCacheBackend, KVCacheGenerator, LlamaStaticCacheBackend
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "SamplingParams",
     "left_pad",
     "process_logits",
+    "sample_from_probs",
     "sample_tokens",
 ]

@@ -11,7 +11,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["SamplingParams", "Completions", "Generator", "left_pad", "process_logits", "sample_tokens"]
+__all__ = [
+    "SamplingParams", "Completions", "Generator", "left_pad", "process_logits", "sample_tokens", "sample_from_probs",
+]
 
 
 @dataclass
@@ -138,10 +140,18 @@ def sample_tokens(scores: torch.Tensor, generator: torch.Generator | None, greed
     """Draw one token per row from softmax(scores) (``[N, V] -> [N]``), or argmax if greedy."""
     if greedy:
         return scores.argmax(-1)
-    # Exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) i.i.d. picks i with probability p_i
-    # (the minimum of independent exponentials with rates p_i is attained at i w.p. p_i / sum p).
-    # E = -log U from uniform draws: ~4x faster on CPU than torch.multinomial, whose exponential_ is slow.
-    probs = torch.softmax(scores, -1)
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-    exp_noise = uniform.clamp_(min=torch.finfo(probs.dtype).tiny).log_().neg_()
-    return (probs / exp_noise).argmax(-1)
+    return sample_from_probs(torch.softmax(scores, -1), generator)
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverse-CDF sampling, one uniform per row: token = min{i : F_i > u}, u ~ U(0, F_V). ``[N, V] -> [N]``.
+
+    P(token = i) = F_i - F_{i-1} = p_i exactly (F in float64, so the rounding of a 128k-term cumulative
+    sum stays far below any probability that matters). Tokens with p_i = 0 (masked by top-k/top-p or
+    min_new_tokens) occupy empty intervals and are never drawn. One random number per row instead of V:
+    torch.multinomial draws V exponentials per row, which dominates a decode step of a small model on CPU.
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return token.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

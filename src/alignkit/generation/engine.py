@@ -18,11 +18,23 @@ import time
 
 import torch
 
-from .base import Completions, SamplingParams, left_pad, process_logits, sample_tokens
+from .base import Completions, SamplingParams, left_pad, process_logits, sample_from_probs
 
 __all__ = ["KVCacheGenerator", "LlamaStaticCacheBackend", "HFCacheBackend", "FAST_PATH_MODEL_TYPES"]
 
 FAST_PATH_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _norm_fn(module: torch.nn.Module):
+    """Return a fast equivalent of an RMSNorm module (``F.rms_norm``, bitwise equal to transformers'
+    Llama/Qwen2 RMSNorm in fp32), or the module itself when it is not of that form."""
+    eps = getattr(module, "variance_epsilon", None)
+    weight = getattr(module, "weight", None)
+    if type(module).__name__.endswith("RMSNorm") and eps is not None and weight is not None and hasattr(
+            torch.nn.functional, "rms_norm") and weight.dtype == torch.float32:
+        shape = (weight.shape[-1],)
+        return lambda x: torch.nn.functional.rms_norm(x, shape, weight, eps)
+    return module
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +57,9 @@ class LlamaStaticCacheBackend:
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
         self.scale = self.head_dim**-0.5
+        self.input_norms = [_norm_fn(layer.input_layernorm) for layer in self.decoder.layers]
+        self.post_norms = [_norm_fn(layer.post_attention_layernorm) for layer in self.decoder.layers]
+        self.final_norm = _norm_fn(self.decoder.norm)
         self.cache_k: list[torch.Tensor] = []
         self.cache_v: list[torch.Tensor] = []
         self.key_mask: torch.Tensor | None = None  # [N, L] bool: which cache slots hold real tokens
@@ -89,7 +104,7 @@ class LlamaStaticCacheBackend:
         if q_len == 1:
             # decode: one query per row. Explicit attention beats the CPU flash kernel by ~3x here.
             scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.scale)
-            scores.masked_fill_(~attn_mask, float("-inf"))
+            scores.masked_fill_(attn_mask, float("-inf"))  # decode passes the *padding* mask
             out = torch.matmul(torch.softmax(scores, dim=-1), values)
         else:
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -107,11 +122,11 @@ class LlamaStaticCacheBackend:
         start = self.length
         for idx, layer in enumerate(dec.layers):
             residual = h
-            h = residual + self._attend(idx, layer, layer.input_layernorm(h), cos, sin, attn_mask, start)
+            h = residual + self._attend(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, start)
             residual = h
-            h = residual + layer.mlp(layer.post_attention_layernorm(h))
+            h = residual + layer.mlp(self.post_norms[idx](h))
         self.length += input_ids.shape[1]
-        return dec.norm(h[:, -1:])
+        return self.final_norm(h[:, -1:])
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Encode left-padded prompts ``[N, P]``; returns the logits for the first new token ``[N, V]``."""
@@ -136,7 +151,7 @@ class LlamaStaticCacheBackend:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ``[N]``; returns the next logits ``[N, V]``."""
         self.key_mask[:, self.length] = True
-        attn_mask = self.key_mask[:, None, None, : self.length + 1]
+        attn_mask = ~self.key_mask[:, None, None, : self.length + 1]  # True = masked out
         h = self._forward(tokens[:, None], self.next_pos[:, None], attn_mask)
         self.next_pos = self.next_pos + 1
         return self.model.lm_head(h)[:, -1]
@@ -254,14 +269,22 @@ class KVCacheGenerator:
             logits = backend.prefill(ids, mask, sampling.max_new_tokens)
             t_prefill = time.perf_counter() - t0
             steps = 0
+            truncate = sampling.top_k > 0 or sampling.top_p < 1.0
             for t in range(sampling.max_new_tokens):
-                scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-                if t < sampling.min_new_tokens:
-                    scores[:, eos] = float("-inf")
-                token = sample_tokens(scores, rng, sampling.greedy)
-                # log-prob under the full tempered distribution (what the trainer recomputes)
-                full = logits.float() / sampling.temperature
-                logp = full.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(full, -1)
+                # one pass: log-probs of the full tempered distribution (what the trainer recomputes)
+                logp_full = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
+                if sampling.greedy:
+                    token = logits.argmax(-1)
+                else:
+                    if truncate or t < sampling.min_new_tokens:
+                        scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+                        if t < sampling.min_new_tokens:
+                            scores[:, eos] = float("-inf")
+                        probs = torch.softmax(scores, -1)
+                    else:
+                        probs = logp_full.exp()
+                    token = sample_from_probs(probs, rng)
+                logp = logp_full.gather(-1, token[:, None]).squeeze(-1)
                 token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
                 tokens_out[:, t] = token
                 logprobs_out[:, t] = torch.where(done, torch.zeros_like(logp), logp)
