@@ -134,6 +134,17 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size: int | None):
+    """Yield (row slice, ids ``[b, P+R]``, mask ``[b, P+R]``, position ids ``[b, P+R]``) per micro-batch."""
+    n = prompt_ids.shape[0]
+    batch_size = batch_size or n
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
+        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
+        yield sl, ids, mask, _position_ids(mask)
+
+
 def response_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -148,14 +159,10 @@ def response_logprobs(
     Runs ``model`` on prompt+response (left-padded prompt, so position ids count real tokens) and scores
     token t with the logits at position P - 1 + t. Gradients flow if called with grad enabled.
     """
-    n, p = prompt_ids.shape
-    batch_size = batch_size or n
+    p = prompt_ids.shape[1]
     outs = []
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
-        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
-        logits = _model_logits(model, ids, mask, _position_ids(mask))
+    for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
+        logits = _model_logits(model, ids, mask, pos)
         lp = token_logprobs(logits[:, p - 1 : -1], response_ids[sl], temperature)
         outs.append(lp * response_mask[sl])
     return torch.cat(outs, 0)
@@ -174,14 +181,10 @@ def response_values(
     ``critic(input_ids, attention_mask, position_ids) -> [N, L]`` per-position values; V(s_t) is read at
     position P - 1 + t, the state before token t is generated.
     """
-    n, p = prompt_ids.shape
-    batch_size = batch_size or n
+    p = prompt_ids.shape[1]
     outs = []
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
-        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
-        values = critic(ids, mask, _position_ids(mask))
+    for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
+        values = critic(ids, mask, pos)
         outs.append(values[:, p - 1 : -1].float() * response_mask[sl])
     return torch.cat(outs, 0)
 

@@ -42,6 +42,12 @@ def _check_temperature(temperature: float) -> float:
     return temperature
 
 
+def _scaled_chunk(logits: torch.Tensor, start: int, stop: int, temperature: float) -> torch.Tensor:
+    """Rows [start, stop) of ``logits`` in fp32, divided by the temperature. ``[rows, V]``."""
+    chunk = logits[start:stop].float()
+    return chunk / temperature if temperature != 1.0 else chunk
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """Chunked gather-minus-logsumexp; saves only the logits (by reference) and one fp32 scalar per row."""
 
@@ -51,9 +57,7 @@ class _TokenLogprobs(torch.autograd.Function):
         out = torch.empty(n, dtype=torch.float32, device=logits.device)
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)
         for start in range(0, n, rows):
-            chunk = logits[start : start + rows].float()
-            if temperature != 1.0:
-                chunk = chunk / temperature
+            chunk = _scaled_chunk(logits, start, start + rows, temperature)
             chunk_lse = torch.logsumexp(chunk, dim=-1)
             lse[start : start + rows] = chunk_lse
             picked = chunk.gather(-1, tokens[start : start + rows, None]).squeeze(-1)
@@ -71,9 +75,7 @@ class _TokenLogprobs(torch.autograd.Function):
         grad_out = grad_out.float()
         for start in range(0, logits.shape[0], rows):
             stop = start + rows
-            chunk = logits[start:stop].float()
-            if temperature != 1.0:
-                chunk = chunk / temperature
+            chunk = _scaled_chunk(logits, start, stop, temperature)
             # d/dz [z_a/T - lse(z/T)] = (onehot_a - softmax(z/T)) / T, scaled by the incoming gradient.
             probs = torch.exp(chunk - lse[start:stop, None])
             g = grad_out[start:stop, None]
@@ -142,9 +144,7 @@ class _Entropy(torch.autograd.Function):
         n = logits.shape[0]
         out = torch.empty(n, dtype=torch.float32, device=logits.device)
         for start in range(0, n, rows):
-            chunk = logits[start : start + rows].float()
-            if temperature != 1.0:
-                chunk = chunk / temperature
+            chunk = _scaled_chunk(logits, start, start + rows, temperature)
             lse = torch.logsumexp(chunk, dim=-1, keepdim=True)
             probs = torch.exp(chunk - lse)
             # H = lse - sum_v p_v z_v
@@ -162,9 +162,7 @@ class _Entropy(torch.autograd.Function):
         grad_out = grad_out.float()
         for start in range(0, logits.shape[0], rows):
             stop = start + rows
-            chunk = logits[start:stop].float()
-            if temperature != 1.0:
-                chunk = chunk / temperature
+            chunk = _scaled_chunk(logits, start, stop, temperature)
             probs = torch.softmax(chunk, dim=-1)
             mean_z = (probs * chunk).sum(-1, keepdim=True)
             grad = probs.mul_(chunk - mean_z).mul_(-grad_out[start:stop, None])

@@ -37,11 +37,6 @@ def _norm_fn(module: torch.nn.Module):
     return module
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class LlamaStaticCacheBackend:
     """Prefill + single-token decode for Llama-family models with a preallocated KV cache.
 
@@ -90,8 +85,10 @@ class LlamaStaticCacheBackend:
         q = attn.q_proj(h).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        # RoPE: x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*[-sin1, sin2] exactly
+        half = self.head_dim // 2
+        q = q * cos + q.roll(half, dims=-1) * sin
+        k = k * cos + k.roll(half, dims=-1) * sin
         cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
         cache_k[:, :, start : start + q_len] = k
         cache_v[:, :, start : start + q_len] = v
@@ -119,6 +116,8 @@ class LlamaStaticCacheBackend:
         h = dec.embed_tokens(input_ids)
         cos, sin = dec.rotary_emb(h, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, q, d]: broadcast over heads
+        half = sin.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # signed once per step, for all layers
         start = self.length
         for idx, layer in enumerate(dec.layers):
             residual = h
