@@ -149,3 +149,16 @@ def test_generation_does_not_leave_model_in_eval_mode(small_llama):
     KVCacheGenerator(small_llama, 2, 0).generate([[3, 4]], SamplingParams(max_new_tokens=2))
     assert small_llama.training
     small_llama.eval()
+
+
+def test_bf16_greedy_equals_transformers_generate(small_llama):
+    model = build_tiny_llama(seed=0, vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                             intermediate_size=128, max_position_embeddings=256).to(torch.bfloat16)
+    prompts = _prompts(3, [6, 3, 10])
+    ids, mask = left_pad(prompts, 0)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                             pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
+    out = KVCacheGenerator(model, 2, 0, backend="fast").generate(prompts, SamplingParams(max_new_tokens=12,
+                                                                                         greedy=True))
+    assert torch.equal(out.response_ids, ref)
