@@ -1,0 +1,122 @@
+"""Direct Preference Optimization and its common variants.
+
+Variant (Rafailov et al. 2023; seeds 001-002 "Direct Preference Optimization"):
+  * L = mean over pairs of loss_type(h), h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) -
+    log pi_ref(y_l|x)], with log pi(y|x) the *sum* of response-token log-probs;
+    loss types from ``alignkit.core.preference``: sigmoid (DPO), ipo, hinge, and conservative DPO
+    (sigmoid with label_smoothing);
+  * pi_ref is the policy at the start of training (a frozen copy, or for a LoRA policy the same weights
+    with the adapter disabled). By default its log-probs are computed once, up front, for every pair
+    (``precompute_ref_logprobs``) and the reference is then dropped: training memory is that of the
+    policy alone. ``precompute_ref_logprobs=False`` computes them on the fly each step;
+  * chosen and rejected responses go through the policy in one forward pass.
+Metrics: loss, implicit rewards beta * log(pi/pi_ref) of chosen and rejected, their accuracy and margin,
+policy log-probs of chosen and rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.logprobs import token_logprobs
+from ..core.preference import DPO_LOSS_TYPES, dpo_loss
+from ..training import TrainConfig, Trainer, option
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO settings."""
+
+    beta: float = option(0.1, "KL strength of the implied objective (IPO's tau)")
+    loss_type: str = option("sigmoid", "DPO-family loss", choices=DPO_LOSS_TYPES)
+    label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped labels (sigmoid only)")
+    precompute_ref_logprobs: bool = option(True, "reference log-probs once up front (then drop the reference)")
+    max_length: int = option(512, "longest tokenised prompt + response")
+    truncation: str = option("error", "what to do with longer examples", choices=("error", "left", "right"))
+
+
+def sequence_logprobs(model_or_logits_fn, input_ids, attention_mask, loss_mask) -> torch.Tensor:
+    """Sum of log pi(token) over the response tokens of each row. ``[N, T] -> [N]`` fp32.
+
+    ``loss_mask[:, t]`` marks input position t as a response token; it is scored by the logits at t - 1.
+    """
+    if hasattr(model_or_logits_fn, "logits") and callable(model_or_logits_fn.logits):
+        logits = model_or_logits_fn.logits(input_ids, attention_mask)
+    else:
+        logits = model_or_logits_fn(input_ids=input_ids, attention_mask=attention_mask).logits
+    logp = token_logprobs(logits[:, :-1], input_ids[:, 1:])
+    return (logp * loss_mask[:, 1:]).sum(-1)
+
+
+class DPOTrainer(Trainer):
+    """Trains a causal LM on ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` pairs."""
+
+    name = "dpo"
+
+    def __init__(self, config: DPOConfig, model, train_examples, eval_examples=None, tokenizer=None,
+                 pad_token_id: int | None = None, reference=None):
+        from ..data import PreferenceCollator
+
+        if config.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {config.beta}")
+        if config.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {config.loss_type!r}")
+        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise ValueError("DPOTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        self._collator = PreferenceCollator(pad)
+        super().__init__(config, model, train_examples, eval_examples, tokenizer)
+        from ..models.reference import make_reference
+
+        self.reference = reference or make_reference(self.accelerator.unwrap_model(self.model))
+        if config.precompute_ref_logprobs:
+            for examples in (self.train_examples, self.eval_examples):
+                self._attach_reference_logprobs(examples)
+            self.reference = None  # no longer needed: free its memory
+
+    @torch.no_grad()
+    def _attach_reference_logprobs(self, examples: list[dict]) -> None:
+        size = self.config.micro_batch_size
+        for start in range(0, len(examples), size):
+            chunk = examples[start : start + size]
+            chosen, rejected = self._reference_logprobs(self._collator(chunk))
+            for ex, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                ex["ref_chosen_logp"], ex["ref_rejected_logp"] = c, r
+
+    def _reference_logprobs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.accelerator.device
+        with torch.no_grad(), self.accelerator.autocast():
+            seq = sequence_logprobs(self.reference, batch["input_ids"].to(device),
+                                    batch["attention_mask"].to(device), batch["loss_mask"].to(device))
+        b = batch["num_pairs"]
+        return seq[:b].float(), seq[b:].float()
+
+    def count_units(self, examples: list[dict]) -> int:
+        return len(examples)
+
+    def collate(self, examples: list[dict]) -> dict:
+        batch = self._collator(examples)
+        if "ref_chosen_logp" in examples[0]:
+            batch["ref_chosen_logp"] = torch.tensor([ex["ref_chosen_logp"] for ex in examples])
+            batch["ref_rejected_logp"] = torch.tensor([ex["ref_rejected_logp"] for ex in examples])
+        return batch
+
+    def compute_loss(self, model, batch: dict, normalizer: float):
+        device = self.accelerator.device
+        seq = sequence_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                batch["loss_mask"].to(device))
+        b = batch["num_pairs"]
+        if "ref_chosen_logp" in batch:
+            ref_c, ref_r = batch["ref_chosen_logp"].to(device), batch["ref_rejected_logp"].to(device)
+        else:
+            ref_c, ref_r = self._reference_logprobs(batch)
+        mean_loss, m = dpo_loss(seq[:b], seq[b:], ref_c, ref_r, beta=self.config.beta,
+                                loss_type=self.config.loss_type, label_smoothing=self.config.label_smoothing)
+        scale = b / normalizer
+        metrics = {"loss": mean_loss.item() * scale, "rewards/chosen": m["rewards_chosen"] * scale,
+                   "rewards/rejected": m["rewards_rejected"] * scale,
+                   "rewards/accuracy": m["rewards_accuracy"] * scale, "rewards/margin": m["rewards_margin"] * scale,
+                   "logps/chosen": m["logps_chosen"] * scale, "logps/rejected": m["logps_rejected"] * scale}
+        return mean_loss * scale, metrics

@@ -1,0 +1,70 @@
+"""Supervised fine-tuning (behaviour cloning / instruction tuning).
+
+Variant (seed 002 "Supervised Instruction Tuning", "Behavior Cloning"; Ouyang et al. 2022 step 1):
+  * loss: negative log-likelihood of the completion tokens given the prompt,
+        L = - sum_{t in completion} log pi(y_t | x, y_<t) / (number of completion tokens in the batch),
+    i.e. a token mean over the *global* batch (every token weighs the same, however the batch is split);
+  * completion-only by default: prompt tokens are masked (labels -100); ``completion_only_loss=False``
+    trains on the whole sequence (language-model pre-training style);
+  * an EOS token ends every completion, so the model learns to stop;
+  * optional packing of several short examples per row (see ``alignkit.data.pack_sft``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.logprobs import token_logprobs
+from ..training import TrainConfig, Trainer, option
+
+IGNORE = -100
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning settings."""
+
+    max_length: int = option(512, "longest tokenised prompt + completion")
+    truncation: str = option("error", "what to do with longer examples", choices=("error", "left", "right"))
+    completion_only_loss: bool = option(True, "train on completion tokens only (prompt tokens masked)")
+    packing: bool = option(False, "pack several examples into each row of max_length tokens")
+
+
+class SFTTrainer(Trainer):
+    """Token-level cross-entropy on the completion. Examples: ``{"input_ids": [...], "labels": [...]}``."""
+
+    name = "sft"
+
+    def __init__(self, config: SFTConfig, model, train_examples, eval_examples=None, tokenizer=None,
+                 pad_token_id: int | None = None):
+        from ..data import SFTCollator
+
+        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise ValueError("SFTTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        self._collator = SFTCollator(pad)
+        super().__init__(config, model, train_examples, eval_examples, tokenizer)
+
+    def count_units(self, examples: list[dict]) -> int:
+        # labels[0] is never predicted (no context); count the shifted targets
+        return sum(sum(1 for y in ex["labels"][1:] if y != IGNORE) for ex in examples)
+
+    def collate(self, examples: list[dict]) -> dict:
+        return self._collator(examples)
+
+    def compute_loss(self, model, batch: dict, normalizer: float):
+        device = self.accelerator.device
+        ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device)
+        kwargs = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
+        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+        targets = labels[:, 1:]
+        valid = targets != IGNORE
+        logp = token_logprobs(logits[:, :-1], targets.clamp(min=0))  # [B, T-1]
+        nll_sum = -(logp * valid).sum()
+        loss = nll_sum / normalizer
+        n_tok = valid.sum()
+        metrics = {"loss": loss.item(), "tokens": float(n_tok)}
+        return loss, metrics
+

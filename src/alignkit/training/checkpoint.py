@@ -1,0 +1,161 @@
+"""Checkpoints that continue a run exactly, written atomically.
+
+Layout of ``<output_dir>/checkpoints/step-00000012/``:
+    model/              the trained module's state (safetensors), as ``save_pretrained`` writes it
+    optimizer.pt        optimiser state          (loaded with ``weights_only=True``)
+    scheduler.pt        LR scheduler state
+    rng.pt              torch / python / numpy RNG states
+    trainer_state.json  step, data position, trainer-specific state, model fingerprint
+
+A checkpoint is written to a temporary sibling directory and renamed into place only when complete, so a
+run killed while saving leaves the previous checkpoints intact; an incomplete temporary directory is
+never taken for a checkpoint. Only the newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.json"
+_PREFIX = "step-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt or from another model."""
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict:
+    """What must match for a checkpoint to fit ``model``: class, and the names and shapes of its tensors."""
+    shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
+    return {"class": type(model).__name__, "num_tensors": len(shapes),
+            "num_elements": int(sum(int(np.prod(s)) for s in shapes.values())),
+            "shapes_digest": _digest(json.dumps(sorted(shapes.items())))}
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()  # noqa: NPY002 - the global RNG is what user code draws from
+    return {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
+                  "has_gauss": np_state[3], "cached_gaussian": np_state[4]},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    legacy = ("MT19937", n["key"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+              float(n["cached_gaussian"]))
+    np.random.set_state(legacy)  # noqa: NPY002 - restore the global RNG user code draws from
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"{_PREFIX}{step:08d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and "." not in p.name
+            and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict,
+                    keep: int) -> Path:
+    """Write a complete checkpoint atomically and prune old ones. Returns its directory."""
+    final = checkpoint_dir(output_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _save_model_state(model, tmp / "model")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    state = {"step": step, "fingerprint": model_fingerprint(model), **trainer_state}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _save_model_state(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # tied weights share storage; safetensors wants distinct tensors
+    seen, unique = {}, {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.shape, v.dtype) if v.numel() else None
+        unique[k] = v.clone() if key in seen else v
+        if key is not None:
+            seen[key] = k
+    save_file(unique, str(path / "model.safetensors"))
+
+
+def resolve_resume(resume_from: str, output_dir) -> Path | None:
+    """``""`` -> None; ``"latest"`` -> newest complete checkpoint in output_dir (None if there is none)."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise CheckpointError(f"resume_from={resume_from!r}: no such checkpoint directory")
+    return path
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+    """Restore everything into the given objects; returns the trainer state (step, data position, ...)."""
+    from safetensors.torch import load_file
+
+    state_file = path / STATE_FILE
+    needed = [state_file, path / "model" / "model.safetensors", path / "optimizer.pt", path / "scheduler.pt",
+              path / "rng.pt"]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: missing {missing}")
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is not valid JSON ({e})") from None
+    expected = model_fingerprint(model)
+    if state.get("fingerprint") != expected:
+        raise CheckpointError(
+            f"checkpoint {path} was written for another model ({state.get('fingerprint')}), "
+            f"not this one ({expected})"
+        )
+    try:
+        weights = load_file(str(path / "model" / "model.safetensors"))
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    except (RuntimeError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
+    return state

@@ -1,0 +1,245 @@
+"""The offline training loop, owned by us on top of ``accelerate.Accelerator``.
+
+One optimiser step, read top to bottom (``Trainer.train``):
+
+    indices  = batcher.next_batch()                      the global batch: batch_size examples
+    units    = trainer.count_units(global batch)          e.g. label tokens (SFT) or pairs (DPO/RM)
+    for each of this process's grad_accum micro-batches:
+        loss = trainer.compute_loss(model, micro, units)  sum over its units / global units
+        backward(loss * world_size)                       (DDP averages gradients over processes)
+    clip grad norm -> optimizer.step -> scheduler.step -> log / evaluate / checkpoint
+
+Because every micro-loss is divided by the *global* unit count, the gradient equals that of the whole
+batch exactly, however it is split over accumulation steps and processes (tests check both). Every rank
+knows the global batch (same seed), so the count needs no communication.
+
+Subclasses implement ``count_units``, ``collate``, ``compute_loss`` and optionally ``evaluate_batch``;
+metrics returned by ``compute_loss`` are additive contributions (their sum over micro-batches and processes
+is the step's value), which keeps logging exact under any split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batching import EpochBatcher
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf; raised before any checkpoint is written for that step."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seed the global RNG user code draws from
+    torch.manual_seed(seed)
+
+
+class Trainer(ABC):
+    """Base class of the offline trainers (SFT, reward model, DPO).
+
+    Args:
+        config: a :class:`TrainConfig` (or subclass).
+        model: the module to train (a transformers model or a wrapper such as ``RewardModel``).
+        train_examples: tokenised examples (dicts), indexed by the batcher.
+        eval_examples: optional held-out examples.
+        tokenizer: saved with the final model when given.
+    """
+
+    name = "trainer"
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, train_examples: list[dict],
+                 eval_examples: list[dict] | None = None, tokenizer=None):
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.world_size = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        config.validate(self.world_size)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.train_examples = train_examples
+        self.eval_examples = eval_examples or []
+        self.run_dir = Path(config.output_dir)
+        self.batcher = EpochBatcher(len(train_examples), config.batch_size, config.seed)
+        self.total_steps = config.max_steps or max(1, int(config.num_epochs * self.batcher.batches_per_epoch))
+        model = self._prepare_model(model)
+        self.optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
+                                         (config.adam_beta1, config.adam_beta2), config.adam_eps)
+        self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.step = 0
+        self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
+                                    tensorboard=config.tensorboard, progress_total=self.total_steps,
+                                    progress=config.progress)
+        self.history: list[dict] = []
+
+    # ----------------------------------------------------------------------------------- hooks
+    @abstractmethod
+    def count_units(self, examples: list[dict]) -> int:
+        """How many loss units (tokens, pairs) the global batch holds."""
+
+    @abstractmethod
+    def collate(self, examples: list[dict]) -> dict:
+        """Examples -> a batch of tensors."""
+
+    @abstractmethod
+    def compute_loss(self, model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """(sum of this micro-batch's unit losses / normalizer, additive metric contributions)."""
+
+    def trainer_state(self) -> dict:
+        """Extra state a subclass needs to resume exactly (JSON-serialisable)."""
+        return {}
+
+    def load_trainer_state(self, state: dict) -> None:
+        return None
+
+    def save_final(self, path: Path) -> None:
+        """Save the final model so that transformers' (or peft's) from_pretrained loads it."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(str(path), safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+
+    # ----------------------------------------------------------------------------------- setup
+    def _prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.config.lora:
+            from ..models.lora import apply_lora
+
+            model = apply_lora(model, r=self.config.lora_r, alpha=self.config.lora_alpha)
+        if self.config.gradient_checkpointing:
+            target = model
+            if not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "model"):
+                target = target.model
+            if not hasattr(target, "gradient_checkpointing_enable"):
+                raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+            target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    # ----------------------------------------------------------------------------------- loop
+    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
+        """This process's share of the global batch, cut into grad_accum_steps micro-batches."""
+        per_rank = len(indices) // self.world_size
+        mine = indices[self.rank * per_rank : (self.rank + 1) * per_rank]
+        size = per_rank // self.config.grad_accum_steps
+        return [mine[i : i + size] for i in range(0, per_rank, size)]
+
+    def train_step(self, indices: list[int]) -> dict[str, float]:
+        """One optimiser step on the global batch ``indices``; returns its metrics."""
+        normalizer = float(self.count_units([self.train_examples[i] for i in indices]))
+        if normalizer <= 0:
+            raise ValueError(f"step {self.step + 1}: the batch has no loss units (e.g. every label masked)")
+        self.model.train()
+        micro = self._micro_batches(indices)
+        totals: dict[str, float] = {}
+        for j, chunk in enumerate(micro):
+            batch = self.collate([self.train_examples[i] for i in chunk])
+            sync = nullcontext() if j == len(micro) - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                loss, metrics = self.compute_loss(self.model, batch, normalizer)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"step {self.step + 1}: loss is {loss.item()} (micro-batch {j})")
+                self.accelerator.backward(loss * self.world_size)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = None
+        if self.config.max_grad_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+            if not torch.isfinite(torch.as_tensor(grad_norm)):
+                raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(grad_norm)}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = self._reduce(totals)
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        if grad_norm is not None:
+            totals["grad_norm"] = float(grad_norm)
+        totals["epoch"] = self.batcher.epoch + self.batcher.position / max(1, self.batcher.batches_per_epoch)
+        return totals
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not totals:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum")
+        return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on the held-out examples (all of them, in micro-batches, on every process)."""
+        if not self.eval_examples:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        n = float(self.count_units(self.eval_examples))
+        totals: dict[str, float] = {}
+        size = self.config.micro_batch_size
+        for start in range(0, len(self.eval_examples), size):
+            batch = self.collate(self.eval_examples[start : start + size])
+            with self.accelerator.autocast():
+                _, metrics = self.compute_loss(model, batch, n)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        model.train()
+        return {f"eval/{k}": v for k, v in totals.items()}
+
+    def train(self, stop_after: int | None = None) -> list[dict]:
+        """Run to ``total_steps`` (continuing from a checkpoint if ``resume_from`` is set).
+
+        ``stop_after``: return after this global step, as an interrupted run would (no final model is
+        saved then); the learning-rate schedule still spans ``total_steps``.
+        """
+        cfg = self.config
+        seed_everything(cfg.seed + self.rank)
+        resume = resolve_resume(cfg.resume_from, self.run_dir)
+        if resume is not None:
+            state = load_checkpoint(resume, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+            self.step = int(state["step"])
+            self.batcher.load_state_dict(state["data"])
+            self.load_trainer_state(state.get("trainer", {}))
+            self.logger.advance(self.step)
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
+        while self.step < self.total_steps:
+            metrics = self.train_step(self.batcher.next_batch())
+            self.step += 1
+            self.history.append({"step": self.step, **metrics})
+            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                self.logger.log(self.step, metrics)
+            if cfg.eval_steps and self.step % cfg.eval_steps == 0:
+                self.logger.log(self.step, self.evaluate())
+            if cfg.save_steps and self.step % cfg.save_steps == 0:
+                self._save_checkpoint()
+            self.logger.advance()
+            if stop_after is not None and self.step >= stop_after:
+                self.logger.close()
+                return self.history
+        if self.eval_examples and not (cfg.eval_steps and self.step % cfg.eval_steps == 0):
+            self.logger.log(self.step, self.evaluate())
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.save_final(self.run_dir / "final")
+        self.logger.close()
+        return self.history
+
+    def _save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.model), self.optimizer,
+                            self.scheduler, {"data": self.batcher.state_dict(), "trainer": self.trainer_state()},
+                            keep=self.config.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
