@@ -117,7 +117,11 @@ def tokenize_prompts(
                     f"prompt {i} has {len(tokens)} tokens, more than max_prompt_length={max_prompt_length} "
                     "(set prompt_truncation='left' to keep its last tokens)"
                 )
-            tokens = tokens[-max_prompt_length:]
+            bos = getattr(tokenizer, "bos_token_id", None)
+            if bos is not None and tokens[0] == bos and max_prompt_length > 1:
+                tokens = [bos] + tokens[len(tokens) - max_prompt_length + 1 :]  # keep the BOS the model expects
+            else:
+                tokens = tokens[-max_prompt_length:]
             truncated += 1
         ids.append(list(tokens))
     return ids, truncated

@@ -51,6 +51,25 @@ def test_sft_runs_changes_every_parameter_and_logs(tok, tmp_path):
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
 
 
+def test_packed_sft_gives_the_same_first_loss_as_unpacked(tok, tmp_path):
+    """Packed examples must not attend to each other: same tokens, same parameters -> same loss."""
+    examples = _sft_examples(tok, 16)
+    losses = []
+    for packing in (False, True):
+        cfg = SFTConfig(output_dir=str(tmp_path / str(packing)), batch_size=2 if packing else 16, max_steps=1,
+                        max_length=24, packing=packing, progress=False, tensorboard=False)
+        trainer = SFTTrainer(cfg, tasks.model(tok), examples, tokenizer=tok)
+        if packing:
+            assert len(trainer.train_examples) < len(examples)
+            batch = trainer.collate(trainer.train_examples)
+            units = trainer.count_units(trainer.train_examples)
+        else:
+            batch, units = trainer.collate(examples), trainer.count_units(examples)
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, batch, units)[0].item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
 def test_sft_learns(tok, tmp_path):
     model = tasks.model(tok)
     cfg = SFTConfig(output_dir=str(tmp_path), batch_size=16, max_steps=60, learning_rate=1e-2,

@@ -87,7 +87,7 @@ class DPOTrainer(Trainer):
 
     def _reference_logprobs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
-        with torch.no_grad(), self.accelerator.autocast():
+        with torch.no_grad(), self.autocast():
             seq = sequence_logprobs(self.reference, batch["input_ids"].to(device),
                                     batch["attention_mask"].to(device), batch["loss_mask"].to(device))
         b = batch["num_pairs"]

@@ -37,12 +37,15 @@ class SFTTrainer(Trainer):
 
     def __init__(self, config: SFTConfig, model, train_examples, eval_examples=None, tokenizer=None,
                  pad_token_id: int | None = None):
-        from ..data import SFTCollator
+        from ..data import SFTCollator, pack_sft
 
         pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             raise ValueError("SFTTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
         self._collator = SFTCollator(pad)
+        if config.packing:
+            train_examples = pack_sft(train_examples, config.max_length)
+            eval_examples = pack_sft(eval_examples, config.max_length) if eval_examples else eval_examples
         super().__init__(config, model, train_examples, eval_examples, tokenizer)
 
     def count_units(self, examples: list[dict]) -> int:
@@ -57,8 +60,12 @@ class SFTTrainer(Trainer):
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         labels = batch["labels"].to(device)
-        kwargs = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
-        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+        if "position_ids" in batch:
+            # packed rows: restarting position ids with *no* attention mask and no KV cache make transformers
+            # build a block-diagonal causal mask, so packed examples do not see each other (see pack_sft)
+            logits = model(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits
         targets = labels[:, 1:]
         valid = targets != IGNORE
         logp = token_logprobs(logits[:, :-1], targets.clamp(min=0))  # [B, T-1]

@@ -63,7 +63,9 @@ class Trainer(ABC):
                  eval_examples: list[dict] | None = None, tokenizer=None):
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        # Mixed precision is our own autocast (see ``autocast``), not Accelerate's: its process-wide state
+        # would forbid an fp32 trainer and a bf16 one in the same process (SFT then a reward model, say).
+        self.accelerator = Accelerator()
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         config.validate(self.world_size)
@@ -112,6 +114,11 @@ class Trainer(ABC):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
 
+    def autocast(self):
+        """bf16 autocast for forward passes when ``mixed_precision="bf16"`` (weights and optimiser stay fp32)."""
+        enabled = self.config.mixed_precision == "bf16"
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16, enabled=enabled)
+
     # ----------------------------------------------------------------------------------- setup
     def _prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.config.lora:
@@ -147,7 +154,8 @@ class Trainer(ABC):
             batch = self.collate([self.train_examples[i] for i in chunk])
             sync = nullcontext() if j == len(micro) - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                loss, metrics = self.compute_loss(self.model, batch, normalizer)
+                with self.autocast():
+                    loss, metrics = self.compute_loss(self.model, batch, normalizer)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(f"step {self.step + 1}: loss is {loss.item()} (micro-batch {j})")
                 self.accelerator.backward(loss * self.world_size)
@@ -188,7 +196,7 @@ class Trainer(ABC):
         size = self.config.micro_batch_size
         for start in range(0, len(self.eval_examples), size):
             batch = self.collate(self.eval_examples[start : start + size])
-            with self.accelerator.autocast():
+            with self.autocast():
                 _, metrics = self.compute_loss(model, batch, n)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
