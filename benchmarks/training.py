@@ -49,10 +49,10 @@ def build_trainer(kind: str, dtype: str, hidden: int, out_dir: str):
                   mixed_precision="bf16" if dtype == "bf16" else "no")
     if kind == "sft":
         return SFTTrainer(SFTConfig(batch_size=SEQS, **common), model, _examples("sft"), pad_token_id=0), model
-    if kind == "reward":
+    if kind == "reward":  # the trained module has a scalar head instead of the LM head
         rm = RewardModel.from_causal_lm(model, pad_token_id=0)
         return RewardTrainer(RewardConfig(batch_size=SEQS // 2, **common), rm, _examples("pairs"),
-                             pad_token_id=0), model
+                             pad_token_id=0), rm
     return DPOTrainer(DPOConfig(batch_size=SEQS // 2, **common), model, _examples("pairs"), pad_token_id=0), model
 
 
@@ -78,8 +78,8 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float
 
 
 def _non_embedding_params(model) -> int:
-    emb = model.get_input_embeddings().weight.numel()
-    return sum(p.numel() for p in model.parameters()) - emb
+    """Parameters that do matmul work per token: all but the input embedding table."""
+    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
 
 
 def run(quick: bool = False) -> dict:

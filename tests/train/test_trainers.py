@@ -42,7 +42,8 @@ def test_sft_runs_changes_every_parameter_and_logs(tok, tmp_path):
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, unchanged
     logged = _metrics(tmp_path)
-    assert {"loss", "lr", "grad_norm", "tokens"} <= set(logged[0]) and "eval/loss" in logged[-1]
+    assert logged[0]["data/examples"] == 32 and logged[0]["data/skipped_rows"] == 0
+    assert {"loss", "lr", "grad_norm", "tokens"} <= set(logged[1]) and "eval/loss" in logged[-1]
     assert (tmp_path / "final" / "config.json").is_file() and (tmp_path / "config.json").is_file()
     assert any((tmp_path / "tensorboard").iterdir())
     from transformers import AutoModelForCausalLM
@@ -92,7 +93,7 @@ def test_reward_model_learns_marker_rule(tok, tmp_path):
     held_out = trainer.evaluate()
     assert held_out["eval/accuracy"] >= 0.9, held_out
     logged = _metrics(tmp_path)
-    assert {"loss", "accuracy", "margin", "reward_chosen", "reward_rejected"} <= set(logged[0])
+    assert {"loss", "accuracy", "margin", "reward_chosen", "reward_rejected"} <= set(logged[1])
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").config.num_labels == 1
@@ -144,6 +145,17 @@ def test_gradient_accumulation_invariance(tok, tmp_path, trainer):
         torch.testing.assert_close(finals[0][k], finals[1][k], atol=1e-5, rtol=1e-5)
 
 
+def test_skipped_rows_are_counted_in_the_log(tok, tmp_path):
+    rows = tasks.sft_rows(20) + [{"prompt": "the cat", "completion": ""}, {"prompt": 3, "completion": " a"}]
+    with pytest.raises(ValueError, match=r"rows\[20\]"):
+        load_rows(rows, format="prompt_completion")
+    with pytest.warns(RuntimeWarning):
+        kept = load_rows(rows, format="prompt_completion", skip_invalid=True)
+    cfg = SFTConfig(output_dir=str(tmp_path), batch_size=4, max_steps=1, progress=False, tensorboard=False)
+    SFTTrainer(cfg, tasks.model(tok), tokenize_sft(kept, tok, max_length=32), tokenizer=tok).train()
+    assert _metrics(tmp_path)[0]["data/skipped_rows"] == 2
+
+
 def test_impossible_batch_settings_fail_at_config_time(tok, tmp_path):
     with pytest.raises(ValueError, match="batch_size=6 must be divisible by grad_accum_steps=4"):
         SFTTrainer(SFTConfig(output_dir=str(tmp_path), batch_size=6, grad_accum_steps=4), tasks.model(tok),
@@ -184,3 +196,26 @@ def test_checkpoints_keep_last_and_reject_foreign_or_corrupt(tok, tmp_path):
         tmp_path / "checkpoints" / "step-00000004"), progress=False, tensorboard=False)
     with pytest.raises(CheckpointError, match="incomplete or corrupt.*optimizer.pt"):
         SFTTrainer(broken, tasks.model(tok), _sft_examples(tok), tokenizer=tok).train()
+
+
+def test_lora_switch_trains_only_adapters_and_saves_a_peft_adapter(tok, tmp_path):
+    model = tasks.model(tok)
+    base = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cfg = SFTConfig(output_dir=str(tmp_path), batch_size=8, max_steps=3, learning_rate=1e-2, lora=True, lora_r=4,
+                    gradient_checkpointing=True, progress=False, tensorboard=False)
+    trainer = SFTTrainer(cfg, model, _sft_examples(tok), tokenizer=tok)
+    history = trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    trained = {k: v for k, v in peft_model.named_parameters() if v.requires_grad}
+    assert trained and all("lora_" in k for k in trained)
+    for k, v in peft_model.get_base_model().named_parameters():  # frozen base weights did not move
+        if "lora_" not in k:
+            assert torch.equal(v, base[k.replace(".base_layer", "")]), k
+    from peft import PeftModel
+
+    # the base was built in memory (no hub name in adapter_config.json): load the adapter onto it
+    reloaded = PeftModel.from_pretrained(tasks.model(tok), tmp_path / "final")
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, peft_model(ids).logits)

@@ -45,11 +45,13 @@ class Examples(LocatedList):
     Attributes:
         locations: one location per example, taken from the rows (see :class:`alignkit.data.Rows`).
         truncated: how many examples were truncated (for the trainer's log).
+        skipped: how many malformed rows ``load_rows(skip_invalid=True)`` dropped before tokenisation.
     """
 
-    def __init__(self, examples=(), *, locations: list[str] | None = None, truncated: int = 0):
+    def __init__(self, examples=(), *, locations: list[str] | None = None, truncated: int = 0, skipped: int = 0):
         super().__init__(examples, locations=locations)
         self.truncated = truncated
+        self.skipped = skipped
 
 
 def _locations(rows: Sequence) -> list[str]:
@@ -192,7 +194,7 @@ def tokenize_sft(
         truncated += cut
         labels = [IGNORE_INDEX] * len(p) + c if completion_only_loss else p + c
         out.append({"input_ids": p + c, "labels": labels})
-    return Examples(out, locations=where, truncated=truncated)
+    return Examples(out, locations=where, truncated=truncated, skipped=getattr(rows, "skipped", 0))
 
 
 def tokenize_preferences(
@@ -230,4 +232,4 @@ def tokenize_preferences(
             raise DataError(f"is identical to 'chosen' {how}; the pair carries no preference", location=where[i],
                             field="rejected")
         out.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
-    return Examples(out, locations=where, truncated=truncated)
+    return Examples(out, locations=where, truncated=truncated, skipped=getattr(rows, "skipped", 0))

@@ -221,6 +221,10 @@ class Trainer(ABC):
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
+        if self.step == 0:  # what the data preparation dropped or cut, so that nothing is lost silently
+            self.logger.log(0, {"data/examples": len(self.train_examples),
+                                "data/skipped_rows": getattr(self.train_examples, "skipped", 0),
+                                "data/truncated": getattr(self.train_examples, "truncated", 0)})
         while self.step < self.total_steps:
             metrics = self.train_step(self.batcher.next_batch())
             self.step += 1
