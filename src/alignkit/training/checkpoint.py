@@ -80,8 +80,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict,
-                    keep: int) -> Path:
-    """Write a complete checkpoint atomically and prune old ones. Returns its directory."""
+                    keep: int, extras: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically and prune old ones. Returns its directory.
+
+    ``extras``: ``{name: (module, optimizer)}`` saved beside the main model (e.g. PPO's critic) under
+    ``extra-<name>/``.
+    """
     final = checkpoint_dir(output_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
@@ -92,6 +96,9 @@ def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, sc
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
+    for name, (module, module_optimizer) in (extras or {}).items():
+        _save_model_state(module, tmp / f"extra-{name}")
+        torch.save(module_optimizer.state_dict(), tmp / f"extra-{name}" / "optimizer.pt")
     state = {"step": step, "fingerprint": model_fingerprint(model), **trainer_state}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     if final.exists():
@@ -130,14 +137,16 @@ def resolve_resume(resume_from: str, output_dir) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, extras: dict | None = None) -> dict:
     """Restore everything into the given objects; returns the trainer state (step, data position, ...)."""
     from safetensors.torch import load_file
 
     state_file = path / STATE_FILE
     needed = [state_file, path / "model" / "model.safetensors", path / "optimizer.pt", path / "scheduler.pt",
               path / "rng.pt"]
-    missing = [p.name for p in needed if not p.is_file()]
+    for name in extras or {}:
+        needed += [path / f"extra-{name}" / "model.safetensors", path / f"extra-{name}" / "optimizer.pt"]
+    missing = [str(p.relative_to(path)) for p in needed if not p.is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: missing {missing}")
     try:
@@ -156,6 +165,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        for name, (module, module_optimizer) in (extras or {}).items():
+            module.load_state_dict(load_file(str(path / f"extra-{name}" / "model.safetensors")), strict=True)
+            module_optimizer.load_state_dict(torch.load(path / f"extra-{name}" / "optimizer.pt", weights_only=True))
     except (RuntimeError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
     return state

@@ -1,0 +1,100 @@
+"""REINFORCE / vanilla policy gradient with baselines: vanilla, batch or per-prompt mean, RLOO, GRPO.
+
+Variant (seed 003 "The Vanilla Policy Gradient Algorithm (with baseline)"; seed 004 "Language models as
+policies"):
+  * sequence reward R(x, y) = r(x, y) - beta * sum_t KL_t with ``kl_penalty="reward"`` (seed 000's r_s);
+    with ``kl_penalty="loss"`` R = r and beta * agg(KL_t) is added to the loss (GRPO, estimator k3 by
+    default there); ``"none"`` drops it;
+  * advantage A = R - b with the baseline b named by ``baseline``: none, batch mean, per-prompt mean,
+    leave-one-out (RLOO; Kool et al. 2019, Ahmadian et al. 2024), group-normalised (GRPO; Shao et al.
+    2024) or group-centred without the std (Dr. GRPO); the same A for every token of the response
+    (the *total* reward, not reward-to-go: the vanilla estimator of the seeds);
+  * loss: -A * sum_t log pi(a_t|s_t), aggregated by ``loss_agg`` (default ``seq-mean-token-sum``: exactly
+    the estimator 1/n sum_i A_i grad log pi(y_i|x));
+  * one optimiser step per rollout by default (on-policy). With ``update_epochs`` or ``num_minibatches``
+    > 1 the later updates are off-policy, so the loss becomes the clipped importance-weighted surrogate
+    (PPO-clip with ``clip_eps``), which has the same gradient at ratio 1 (GRPO's choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.baselines import BASELINES, compute_baseline_advantages
+from ..core.kl import kl_estimate
+from ..core.masked import aggregate_loss
+from ..core.policy_loss import ppo_clip_loss, reinforce_loss
+from ..training import option
+from ..training.loop import NonFiniteLossError
+from .online import OnlineConfig, OnlineTrainer, policy_forward
+
+
+@dataclass
+class ReinforceConfig(OnlineConfig):
+    """REINFORCE-family settings (see the module docstring for the variant)."""
+
+    baseline: str = option("loo", "baseline subtracted from the sequence reward", choices=BASELINES)
+    loss_agg: str = option("seq-mean-token-sum", "loss aggregation",
+                           choices=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"))
+    clip_eps: float = option(0.2, "ratio clip used when a rollout is reused for several updates")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.baseline in ("loo", "grpo") and self.samples_per_prompt < 2:
+            raise ValueError(f"baseline={self.baseline!r} needs samples_per_prompt >= 2, "
+                             f"got {self.samples_per_prompt}")
+
+
+class ReinforceTrainer(OnlineTrainer):
+    name = "reinforce"
+
+    def compute_advantages(self, rollout, beta):
+        total = rollout.scores.float()
+        if self.config.kl_penalty == "reward" and rollout.ref_logprobs is not None:
+            kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, self.config.kl_estimator)
+            total = total - beta * (kl * rollout.response_mask).sum(-1)
+        adv = compute_baseline_advantages(total, rollout.group_ids, self.config.baseline)
+        return {"advantages": adv, "total_reward": total}
+
+    def update(self, rollout, batch):
+        cfg = self.config
+        adv = batch["advantages"]
+        multi = cfg.update_epochs * cfg.num_minibatches > 1
+        want_entropy = cfg.entropy_coef != 0.0
+        stats: dict[str, float] = {}
+        beta = self.kl_controller.value
+        self.policy.train()
+        for epoch in range(cfg.update_epochs):
+            for minibatch in self.minibatches(len(rollout), epoch):
+                rows = torch.cat(minibatch)
+                mask_mb = rollout.response_mask[rows]
+                normalizer = float(mask_mb.sum()) if cfg.loss_agg == "token-mean" else float(len(rows))
+                for micro in minibatch:
+                    mask = rollout.response_mask[micro]
+                    logp, entropy = policy_forward(self.policy, rollout, micro, cfg.temperature, want_entropy)
+                    if multi:
+                        loss, m = ppo_clip_loss(logp, rollout.logprobs[micro], adv[micro], mask, cfg.clip_eps,
+                                                agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
+                                                entropy_coef=cfg.entropy_coef)
+                    else:
+                        loss, m = reinforce_loss(logp, adv[micro], mask, cfg.loss_agg, normalizer, entropy,
+                                                 cfg.entropy_coef)
+                    if cfg.kl_penalty == "loss" and rollout.ref_logprobs is not None:
+                        kl_loss = aggregate_loss(kl_estimate(logp, rollout.ref_logprobs[micro], cfg.kl_estimator),
+                                                 mask, cfg.loss_agg, normalizer)
+                        loss = loss + beta * kl_loss
+                        m["kl_loss"] = float(kl_loss.detach())
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(f"step {self.step + 1}: policy loss is {loss.item()}")
+                    loss.backward()
+                    for k, v in m.items():
+                        stats[k] = stats.get(k, 0.0) + v
+                stats["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.policy.parameters())
+        n_micro = cfg.update_epochs * cfg.num_minibatches * cfg.grad_accum_steps
+        out = {k: v / n_micro for k, v in stats.items() if k != "grad_norm"}
+        out["grad_norm"] = stats.get("grad_norm", 0.0)
+        out["advantage_mean"] = float(adv.mean())
+        out["total_reward"] = float(batch["total_reward"].mean())
+        return out
