@@ -28,7 +28,9 @@ import torch
 from .core.logprobs import token_logprobs
 from .generation.base import Completions, Generator, SamplingParams
 
-__all__ = ["Rollout", "collect_rollout", "response_logprobs", "response_values", "tokenize_prompts"]
+__all__ = [
+    "Rollout", "collect_rollout", "decode_completions", "response_logprobs", "response_values", "tokenize_prompts",
+]
 
 
 @dataclass
@@ -193,7 +195,8 @@ def response_values(
     return torch.cat(outs, 0)
 
 
-def _decode(tokenizer, completions: Completions) -> list[str]:
+def decode_completions(tokenizer, completions: Completions) -> list[str]:
+    """Response texts (special tokens skipped), one per row of ``completions``."""
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(completions.response_ids, completions.response_mask,
                                                             strict=True)]
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -245,7 +248,7 @@ def collect_rollout(
     t = _lap(stats, "time/tokenize_s", t)
     comp = generator.generate(prompt_tokens, sampling)
     t = _lap(stats, "time/generate_s", t)
-    completions = _decode(tokenizer, comp)
+    completions = decode_completions(tokenizer, comp)
     rows = comp.group_ids.tolist()
     sample_prompts = [prompts[i] for i in rows]
     sample_columns = {}

@@ -40,7 +40,7 @@ import torch
 
 from ..generation.base import Generator, SamplingParams
 from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
-from ..rollout import _decode, tokenize_prompts
+from ..rollout import decode_completions, tokenize_prompts
 from ..training.config import option
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
@@ -281,7 +281,7 @@ def best_of_n(
         if comp.response_ids.shape[0] != len(rows) * m:
             raise ValueError(f"the generator returned {comp.response_ids.shape[0]} completions for {len(rows)} "
                              f"prompts x {m} samples")
-        decoded = _decode(tokenizer, comp)
+        decoded = decode_completions(tokenizer, comp)
         # Completions are prompt-major (prompt 0's m samples first); group_ids say which prompt each answers
         owner = [rows[g] for g in comp.group_ids.tolist()]
         if owner != [i for i in rows for _ in range(m)]:
