@@ -8,6 +8,7 @@ from .reinforce import ReinforceConfig, ReinforceTrainer
 from .reward_model import RewardConfig, RewardTrainer
 from .rlaif import AILabels, RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
 from .sft import SFTConfig, SFTTrainer
+from .trpo import TRPOConfig, TRPOTrainer
 
 __all__ = [
     "AILabels",
@@ -26,6 +27,8 @@ __all__ = [
     "RewardTrainer",
     "SFTConfig",
     "SFTTrainer",
+    "TRPOConfig",
+    "TRPOTrainer",
     "best_of_n",
     "kl_bound",
     "label_pairs_with_judge",

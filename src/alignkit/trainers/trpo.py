@@ -1,0 +1,121 @@
+"""TRPO for language models: a KL-constrained natural-gradient step on the policy, a regressed critic.
+
+Variant (seed 002 "Trust Region Policy Optimization"; seed 004; Schulman et al. 2015, appendix C):
+  * rewards, critic, GAE and advantage whitening exactly as PPO (this trainer reuses PPO's stages);
+  * policy step: maximise the surrogate L(theta) = mean_t [ pi_theta(a_t|s_t) / pi_old(a_t|s_t) * A_t ] over
+    response tokens subject to mean_t KL(pi_old(.|s_t) || pi_theta(.|s_t)) <= delta (the *full* next-token
+    distributions, not a sampled estimate), solved by ``alignkit.core.trpo_step``: conjugate gradient on
+    Fisher-vector products (Hessian of the mean KL by double backprop), a step scaled to the quadratic
+    model's boundary, then a backtracking line search that accepts a step only if the actual KL <= delta
+    and the surrogate improves; otherwise the policy is left unchanged;
+  * one policy step per rollout; the critic regresses onto the returns with Adam (``update_epochs`` x
+    ``num_minibatches``).
+Cost per step (on top of PPO's rollout): one forward for pi_old's full distributions (kept: N x R x V
+floats), one backward for g, one double-backward graph, ``cg_iters`` Hessian-vector products (each about
+a backward pass) and up to ``max_backtracks`` forward passes. With V = 32k and R = 512 the stored
+distributions alone are 64 MiB per sequence: TRPO suits small models, short responses or few sequences.
+Attention runs in the "eager" implementation, whose double backward is supported everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.masked import masked_mean
+from ..core.trust_region import trpo_step
+from ..core.value_loss import value_loss
+from ..training import option
+from ..training.loop import NonFiniteLossError
+from .online import policy_forward
+from .ppo import PPOConfig, PPOTrainer
+
+
+@dataclass
+class TRPOConfig(PPOConfig):
+    """TRPO settings (see the module docstring for the variant)."""
+
+    max_kl: float = option(0.01, "trust-region radius delta on the mean per-token KL(pi_old || pi)")
+    damping: float = option(0.1, "Fisher damping lambda in (F + lambda I) x = g")
+    cg_iters: int = option(10, "conjugate-gradient iterations")
+    max_backtracks: int = option(10, "line-search halvings before the step is rejected")
+    accept_ratio: float = option(0.0, "minimum actual / predicted improvement to accept a step")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.max_kl > 0:
+            raise ValueError(f"max_kl must be > 0, got {self.max_kl}")
+        if self.damping < 0 or self.cg_iters < 1 or self.max_backtracks < 1:
+            raise ValueError("damping must be >= 0, cg_iters and max_backtracks >= 1")
+
+
+class TRPOTrainer(PPOTrainer):
+    name = "trpo"
+
+    def __init__(self, config: TRPOConfig, policy, tokenizer, prompts, reward_fn, **kwargs):
+        if hasattr(policy, "set_attn_implementation"):
+            policy.set_attn_implementation("eager")
+        super().__init__(config, policy, tokenizer, prompts, reward_fn, **kwargs)
+
+    def _logits(self, rollout, rows):
+        p = rollout.prompt_ids.shape[1]
+        ids = torch.cat([rollout.prompt_ids[rows], rollout.response_ids[rows]], 1)
+        mask = torch.cat([rollout.prompt_mask[rows], rollout.response_mask[rows]], 1)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1]
+        return logits.float() / self.config.temperature
+
+    def update(self, rollout, batch):
+        cfg = self.config
+        adv = batch["advantages"]
+        mask = rollout.response_mask
+        rows = torch.arange(len(rollout))
+        self.policy.train()
+        with torch.no_grad():
+            old_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)  # [N, R, V] of pi_old
+        old_logp = rollout.logprobs
+
+        def surrogate():
+            logp, _ = policy_forward(self.policy, rollout, rows, cfg.temperature, False)
+            return masked_mean(torch.exp(logp - old_logp) * adv, mask)
+
+        def mean_kl():
+            new_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)
+            kl = (old_logp_full.exp() * (old_logp_full - new_logp_full)).sum(-1)  # KL(pi_old || pi) per token
+            return masked_mean(kl, mask)
+
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        metrics = trpo_step(params, surrogate, mean_kl, max_kl=cfg.max_kl, damping=cfg.damping,
+                            cg_iters=cfg.cg_iters, max_backtracks=cfg.max_backtracks, accept_ratio=cfg.accept_ratio)
+        self.policy.zero_grad(set_to_none=True)
+        if not all(map(torch.isfinite, (torch.tensor(metrics["kl"]), torch.tensor(metrics["surrogate_after"])))):
+            raise NonFiniteLossError(f"step {self.step + 1}: TRPO produced a non-finite KL or surrogate")
+        out = {f"trpo/{k}": float(v) for k, v in metrics.items()}
+        out.update(self._update_critic(rollout, batch["returns"]))
+        return out
+
+    def _update_critic(self, rollout, returns) -> dict[str, float]:
+        cfg = self.config
+        p = rollout.prompt_ids.shape[1]
+        sums: dict[str, float] = {}
+        count = 0
+        self.value_model.train()
+        for epoch in range(cfg.update_epochs):
+            for minibatch in self.minibatches(len(rollout), epoch):
+                rows = torch.cat(minibatch)
+                normalizer = float(rollout.response_mask[rows].sum())
+                for micro in minibatch:
+                    mask = rollout.response_mask[micro]
+                    ids = torch.cat([rollout.prompt_ids[micro], rollout.response_ids[micro]], 1)
+                    full_mask = torch.cat([rollout.prompt_mask[micro], mask], 1)
+                    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+                    values = self.value_model(ids, full_mask, pos)[:, p - 1 : -1]
+                    loss, m = value_loss(values, returns[micro], mask, rollout.values[micro], cfg.vf_clip or None,
+                                         "token-mean", normalizer)
+                    loss.backward()
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                self.optimizer_step(self.critic_optimizer, None, self.value_model.parameters())
+        return {k: v / count for k, v in sums.items()}
