@@ -58,6 +58,20 @@ def test_ppo_learns_a_verifiable_reward_and_logs_its_metrics(tok, prompts, tmp_p
 
 
 @pytest.mark.slow
+def test_ppo_with_a_shared_trunk_learns_and_checkpoints_its_value_head(tok, prompts, tmp_path):
+    cfg = _cfg(PPOConfig, tmp_path, shared_trunk=True, save_steps=30, update_epochs=2)
+    trainer = PPOTrainer(cfg, tasks.model(tok), tok, prompts, contains("good"))
+    h = trainer.train()
+    assert trainer.value_model is None and _mean(h, "score") > 0.7, [round(x["score"], 2) for x in h]
+    assert (tmp_path / "final" / "value_head.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "step-00000030" / "extra-value_head" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="separate critic"):
+        from alignkit.trainers.trpo import TRPOConfig
+
+        TRPOConfig(shared_trunk=True).validate()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["rloo", "ppo"])
 def test_large_beta_keeps_kl_small(tok, prompts, tmp_path, trainer):
     cls, cfg_cls = (ReinforceTrainer, ReinforceConfig) if trainer == "rloo" else (PPOTrainer, PPOConfig)

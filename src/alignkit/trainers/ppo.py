@@ -6,7 +6,9 @@ implementation details after Huang et al. 2022/2024, "The N+ Implementation Deta
     (``alignkit.core.kl_shaped_rewards``; ``kl_penalty="loss"`` moves the KL into the loss instead);
   * optional reward whitening without mean shift (``whiten_rewards``), so the sign of rewards is kept;
   * critic V(s_t): a separate model (trunk + scalar head, ``alignkit.models.ValueModel``) initialised from
-    the policy by default, or from a reward model (pass ``critic=ValueModel.from_reward_model(rm)``);
+    the policy by default, or from a reward model (pass ``critic=ValueModel.from_reward_model(rm)``); or,
+    with ``shared_trunk``, a value head on the policy's own final hidden state (one forward pass gives
+    logits and values; loss = policy loss + vf_coef x value loss; one optimiser);
   * advantages by GAE(gamma, lam) with defaults gamma = 1, lam = 0.95 (``alignkit.core.gae``), whitened
     with mean shift (``whiten_advantages``); the critic regresses onto the GAE returns;
   * ``update_epochs`` passes x ``num_minibatches`` optimiser steps x ``grad_accum_steps`` micro-batches over
@@ -24,13 +26,14 @@ from pathlib import Path
 import torch
 
 from ..core.kl import kl_estimate, kl_shaped_rewards
+from ..core.logprobs import entropy_from_logits, token_logprobs
 from ..core.masked import aggregate_loss, whiten
 from ..core.policy_loss import ppo_clip_loss
 from ..core.returns import gae
 from ..core.value_loss import value_loss
 from ..training import option
 from ..training.loop import NonFiniteLossError
-from ..training.optim import build_optimizer
+from ..training.optim import build_optimizer, build_scheduler
 from .online import OnlineConfig, OnlineTrainer, policy_forward
 
 
@@ -47,6 +50,7 @@ class PPOConfig(OnlineConfig):
     whiten_rewards: bool = option(False, "scale per-token rewards to unit variance (no mean shift)")
     whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 over the rollout")
     target_kl: float = option(0.0, "stop the epochs early when approx_kl > 1.5 x this (0 = off)")
+    shared_trunk: bool = option(False, "value head on the policy's trunk instead of a separate critic")
     update_epochs: int = option(4, "passes over each rollout batch")
     num_minibatches: int = option(2, "optimiser steps per pass")
 
@@ -58,25 +62,60 @@ class PPOTrainer(OnlineTrainer):
 
     def __init__(self, config: PPOConfig, policy, tokenizer, prompts, reward_fn, columns=None, reference=None,
                  generator=None, critic=None):
-        from ..models.value import ValueModel
+        from ..models.value import PolicyWithValueHead, ValueModel
 
         super().__init__(config, policy, tokenizer, prompts, reward_fn, columns, reference, generator)
+        betas = (config.adam_beta1, config.adam_beta2)
+        self.joint = None
+        if config.shared_trunk:
+            if critic is not None:
+                raise ValueError("shared_trunk=True puts the value head on the policy: do not pass a critic")
+            self.joint = PolicyWithValueHead(self.policy)
+            self.value_model = None
+            self.critic_optimizer = None
+            self.optimizer = build_optimizer(self.joint, config.learning_rate, config.weight_decay, betas,
+                                             config.adam_eps)
+            self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps,
+                                             config.num_steps * config.update_epochs * config.num_minibatches)
+            return
         if critic is None:
             critic = ValueModel.from_causal_lm(self.policy, pad_token_id=tokenizer.pad_token_id)
         self.value_model = critic.to(self.accelerator.device)
         self.critic_optimizer = build_optimizer(self.value_model, config.critic_learning_rate or config.learning_rate,
-                                                config.weight_decay, (config.adam_beta1, config.adam_beta2),
-                                                config.adam_eps)
+                                                config.weight_decay, betas, config.adam_eps)
 
     def critic(self):
+        if self.joint is not None:
+            return lambda ids, mask, pos: self.joint(ids, mask, pos).values
         return self.value_model
 
     def extra_checkpoint_modules(self):
+        if self.joint is not None:
+            return {"value_head": (self.joint.value_head, None)}  # its parameters are in the main optimiser
         return {"critic": (self.value_model, self.critic_optimizer)}
 
     def save_final(self, path: Path) -> None:
+        if self.joint is not None:
+            self.joint.save_pretrained(str(path))
+            self.tokenizer.save_pretrained(str(path))
+            return
         super().save_final(path)
         self.value_model.save_pretrained(str(path / "critic"))
+
+    def _forward(self, rollout, micro, with_entropy: bool):
+        """(log-probs, entropies, values) of the response tokens of rows ``micro``, each ``[b, R]``."""
+        p = rollout.prompt_ids.shape[1]
+        ids = torch.cat([rollout.prompt_ids[micro], rollout.response_ids[micro]], 1)
+        mask = torch.cat([rollout.prompt_mask[micro], rollout.response_mask[micro]], 1)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.joint is not None:
+            out = self.joint(ids, mask, pos)
+            logits = out.logits[:, p - 1 : -1]
+            logp = token_logprobs(logits, rollout.response_ids[micro], self.config.temperature)
+            entropy = entropy_from_logits(logits, self.config.temperature) if with_entropy else None
+            return logp, entropy, out.values[:, p - 1 : -1]
+        logp, entropy = policy_forward(self.policy, rollout, micro, self.config.temperature, with_entropy)
+        return logp, entropy, self.value_model(ids, mask, pos)[:, p - 1 : -1]
 
     def compute_advantages(self, rollout, beta):
         cfg = self.config
@@ -97,11 +136,10 @@ class PPOTrainer(OnlineTrainer):
         adv, returns = batch["advantages"], batch["returns"]
         want_entropy = True  # entropy is reported for PPO even without a bonus
         beta = self.kl_controller.value
-        p = rollout.prompt_ids.shape[1]
         sums: dict[str, float] = {}
         counted = 0
         self.policy.train()
-        self.value_model.train()
+        (self.joint if self.joint is not None else self.value_model).train()
         stopped_early = 0.0
         for epoch in range(cfg.update_epochs):
             epoch_kl = []
@@ -111,7 +149,7 @@ class PPOTrainer(OnlineTrainer):
                 normalizer = n_tok if cfg.loss_agg == "token-mean" else float(len(rows))
                 for micro in minibatch:
                     mask = rollout.response_mask[micro]
-                    logp, entropy = policy_forward(self.policy, rollout, micro, cfg.temperature, want_entropy)
+                    logp, entropy, values = self._forward(rollout, micro, want_entropy)
                     loss, m = ppo_clip_loss(logp, rollout.logprobs[micro], adv[micro], mask, cfg.clip_eps,
                                             agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
                                             entropy_coef=cfg.entropy_coef)
@@ -119,10 +157,6 @@ class PPOTrainer(OnlineTrainer):
                         loss = loss + beta * aggregate_loss(
                             kl_estimate(logp, rollout.ref_logprobs[micro], cfg.kl_estimator), mask, cfg.loss_agg,
                             normalizer)
-                    ids = torch.cat([rollout.prompt_ids[micro], rollout.response_ids[micro]], 1)
-                    full_mask = torch.cat([rollout.prompt_mask[micro], mask], 1)
-                    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-                    values = self.value_model(ids, full_mask, pos)[:, p - 1 : -1]
                     v_loss, vm = value_loss(values, returns[micro], mask, rollout.values[micro],
                                             cfg.vf_clip or None, cfg.loss_agg, normalizer)
                     total = loss + cfg.vf_coef * v_loss
@@ -133,8 +167,11 @@ class PPOTrainer(OnlineTrainer):
                         sums[k] = sums.get(k, 0.0) + v
                     counted += 1
                     epoch_kl.append(m["approx_kl"])
-                sums["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.policy.parameters())
-                self.optimizer_step(self.critic_optimizer, None, self.value_model.parameters())
+                if self.joint is not None:
+                    sums["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.joint.parameters())
+                else:
+                    sums["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.policy.parameters())
+                    self.optimizer_step(self.critic_optimizer, None, self.value_model.parameters())
             if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > 1.5 * cfg.target_kl:
                 stopped_early = float(epoch + 1)
                 break

@@ -46,6 +46,9 @@ class TRPOConfig(PPOConfig):
         super().validate()
         if not self.max_kl > 0:
             raise ValueError(f"max_kl must be > 0, got {self.max_kl}")
+        if self.shared_trunk:
+            raise ValueError("TRPO needs a separate critic (shared_trunk=False): its policy step must not move "
+                             "the value head's trunk")
         if self.damping < 0 or self.cg_iters < 1 or self.max_backtracks < 1:
             raise ValueError("damping must be >= 0, cg_iters and max_backtracks >= 1")
 

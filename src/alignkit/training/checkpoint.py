@@ -98,7 +98,8 @@ def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, sc
     torch.save(rng_state(), tmp / "rng.pt")
     for name, (module, module_optimizer) in (extras or {}).items():
         _save_model_state(module, tmp / f"extra-{name}")
-        torch.save(module_optimizer.state_dict(), tmp / f"extra-{name}" / "optimizer.pt")
+        if module_optimizer is not None:  # None: its parameters are in the main optimiser
+            torch.save(module_optimizer.state_dict(), tmp / f"extra-{name}" / "optimizer.pt")
     state = {"step": step, "fingerprint": model_fingerprint(model), **trainer_state}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     if final.exists():
@@ -144,8 +145,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ex
     state_file = path / STATE_FILE
     needed = [state_file, path / "model" / "model.safetensors", path / "optimizer.pt", path / "scheduler.pt",
               path / "rng.pt"]
-    for name in extras or {}:
-        needed += [path / f"extra-{name}" / "model.safetensors", path / f"extra-{name}" / "optimizer.pt"]
+    for name, (_, module_optimizer) in (extras or {}).items():
+        needed.append(path / f"extra-{name}" / "model.safetensors")
+        if module_optimizer is not None:
+            needed.append(path / f"extra-{name}" / "optimizer.pt")
     missing = [str(p.relative_to(path)) for p in needed if not p.is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: missing {missing}")
@@ -167,7 +170,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ex
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
         for name, (module, module_optimizer) in (extras or {}).items():
             module.load_state_dict(load_file(str(path / f"extra-{name}" / "model.safetensors")), strict=True)
-            module_optimizer.load_state_dict(torch.load(path / f"extra-{name}" / "optimizer.pt", weights_only=True))
+            if module_optimizer is not None:
+                module_optimizer.load_state_dict(torch.load(path / f"extra-{name}" / "optimizer.pt", weights_only=True))
     except (RuntimeError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
     return state
