@@ -18,7 +18,8 @@ from pathlib import Path
 
 from benchmarks.common import NOISY_FRACTION, contention, cpu_snapshot, machine_info, write_json
 
-SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training"}
+SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training",
+          "online": "benchmarks.online"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
