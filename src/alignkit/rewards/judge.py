@@ -35,6 +35,7 @@ import json
 import math
 import string
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def _check_labels(labels: Sequence[str], what: str, n: int | None = None) -> tup
     return labels
 
 
-class Judge:
+class Judge(ABC):
     """Shared by the judges: templates, the two-order preference and expected-value scoring.
 
     Subclasses implement :meth:`label_probs`. See the module docstring for the equations.
@@ -180,10 +181,10 @@ class Judge:
         return self.score_labels
 
     # -- the one thing a backend provides --------------------------------------------------------
+    @abstractmethod
     def label_probs(self, texts: list[str], labels: tuple[str, ...], where: list[str]) -> torch.Tensor:
         """``[M, K]`` float32 probabilities of the K labels as the judge's next answer to each of the M
         texts, renormalised over the labels (rows sum to 1). ``where[m]`` names text m in errors."""
-        raise NotImplementedError
 
     # -- the two rules ---------------------------------------------------------------------------
     def prefer(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> torch.Tensor:
