@@ -47,3 +47,8 @@ def preference_rows(n, seed=0):
         rejected = f" {bad} {tail}" if pos else f" {tail} {bad}"
         rows.append({"prompt": p, "chosen": chosen, "rejected": rejected})
     return rows
+
+
+def has_good(prompts, completions, **columns):
+    """A RewardFn named by import path in CLI tests: 1 when the completion contains "good"."""
+    return [float("good" in c.split()) for c in completions]

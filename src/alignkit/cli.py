@@ -1,0 +1,283 @@
+"""``alignkit <command> [--config preset.yaml] [key=value ...]``: every method from the command line.
+
+Options come from the trainers' config dataclasses (help text from each field's ``metadata["help"]``) plus
+a few job fields (model, data files). Precedence: defaults < preset file < ``key=value`` overrides.
+Everything is validated before anything is written: an unknown command or key, a value of the wrong type,
+a missing file, or a preset written for another method prints a message naming the key (and the valid
+choices) and exits with code 2. The resolved config is saved as ``<output_dir>/resolved_config.yaml``.
+Configs hold values only: nothing in them is executed (a reward function is named by import path).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .training.config import option
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """A bad command line or preset; printed and turned into exit code 2."""
+
+
+@dataclass
+class ModelJob:
+    """Fields every command that loads a model takes."""
+
+    model: str = option("", "policy / base model: a local directory saved by transformers (required)")
+    trust_remote_code: bool = option(False, "allow the model's own Python code to run (off unless you trust it)")
+
+
+@dataclass
+class OfflineDataJob:
+    train_file: str = option("", "training data (.jsonl / .json / .jsonl.gz) (required)")
+    eval_file: str = option("", "held-out data, same format")
+    data_format: str = option("", "row format; empty = detect from the keys")
+
+
+@dataclass
+class OnlineDataJob:
+    prompts_file: str = option("", "prompts (.jsonl with a prompt column, or GSM8K rows) (required)")
+    reward_fn: str = option("", "reward function by import path, e.g. alignkit.rewards.rules:gsm8k_exact_match")
+    reward_model: str = option("", "or: a reward model directory (sequence classification, num_labels=1)")
+
+
+def _commands() -> dict[str, tuple[type, str]]:
+    """command -> (job config class, one-line description). Built lazily to keep ``import`` cheap."""
+    from .trainers import DPOConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig, TRPOConfig
+
+    def job(name, *bases):
+        return dataclass(type(name, bases, {}))
+
+    return {
+        "sft": (job("SFTJob", SFTConfig, OfflineDataJob, ModelJob), "supervised fine-tuning on prompt/completion data"),
+        "reward": (job("RewardJob", RewardConfig, OfflineDataJob, ModelJob), "train a Bradley-Terry reward model"),
+        "dpo": (job("DPOJob", DPOConfig, OfflineDataJob, ModelJob), "DPO / IPO / cDPO / hinge on preference pairs"),
+        "reinforce": (job("ReinforceJob", ReinforceConfig, OnlineDataJob, ModelJob),
+                      "REINFORCE with a baseline (none, batch, prompt, loo = RLOO, grpo)"),
+        "ppo": (job("PPOJob", PPOConfig, OnlineDataJob, ModelJob), "PPO actor-critic with a KL penalty"),
+        "trpo": (job("TRPOJob", TRPOConfig, OnlineDataJob, ModelJob), "TRPO: KL-constrained natural-gradient steps"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _coerce(name: str, raw: Any, default: Any, choices) -> Any:
+    """Convert ``raw`` (a string from the command line, or a YAML value) to the type of ``default``."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).lower() in ("true", "1", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("false", "0", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw)
+        elif kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            if isinstance(raw, (dict, list)):
+                raise ValueError
+            value = str(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+    if choices and value not in choices:
+        raise UsageError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _unknown_key(command: str, key: str, known: list[str]) -> UsageError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UsageError(f"unknown key {key!r} for '{command}'{hint} (see: alignkit {command} --help)")
+
+
+def parse_config(command: str, argv: list[str]):
+    """Build the job config of ``command`` from ``[--config FILE] [key=value ...]``; raises UsageError."""
+    commands = _commands()
+    if command not in commands:
+        raise UsageError(f"unknown command {command!r}; choose one of {', '.join(sorted(commands))}")
+    cls = commands[command][0]
+    spec = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    preset = None
+    overrides = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--config":
+            preset = next(it, None)
+            if preset is None:
+                raise UsageError("--config needs a file")
+        elif arg.startswith("--config="):
+            preset = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-"):
+            overrides.append(arg.split("=", 1))
+        else:
+            raise UsageError(f"unexpected argument {arg!r}: options are key=value (see: alignkit {command} --help)")
+    if preset is not None:
+        values.update(_read_preset(command, preset))
+    values.update(dict(overrides))
+    resolved = {}
+    for key, raw in values.items():
+        if key not in spec:
+            raise _unknown_key(command, key, list(spec))
+        f = spec[key]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        resolved[key] = _coerce(key, raw, default, f.metadata.get("choices"))
+    config = cls(**resolved)
+    _check_required(command, config)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return config
+
+
+def _read_preset(command: str, path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config: no such file {path!r}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of key: value")
+    method = data.pop("method", command)
+    if method != command:
+        raise UsageError(f"--config {path} is a preset for '{method}', not '{command}' "
+                         f"(run: alignkit {method} --config {path})")
+    return data
+
+
+def _check_required(command: str, config) -> None:
+    if hasattr(config, "model") and not config.model:
+        raise UsageError("model: required (a local model directory)")
+    for key in ("model", "train_file", "eval_file", "prompts_file", "reward_model"):
+        value = getattr(config, key, "")
+        if value and not Path(value).exists():
+            raise UsageError(f"{key}: no such file or directory {value!r}")
+    if hasattr(config, "train_file") and not config.train_file:
+        raise UsageError("train_file: required")
+    if hasattr(config, "prompts_file"):
+        if not config.prompts_file:
+            raise UsageError("prompts_file: required")
+        if bool(config.reward_fn) == bool(config.reward_model):
+            raise UsageError("give exactly one of reward_fn (import path) or reward_model (directory)")
+        if config.reward_fn:
+            from .rewards import resolve_reward_fn
+
+            try:
+                resolve_reward_fn(config.reward_fn)
+            except (ValueError, ImportError, AttributeError, TypeError) as e:
+                raise UsageError(f"reward_fn: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ help
+def command_help(command: str) -> str:
+    cls, about = _commands()[command]
+    lines = [f"usage: alignkit {command} [--config preset.yaml] [key=value ...]", "", about, "", "options:"]
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        extra = f" (choices: {', '.join(map(str, choices))})" if choices else ""
+        lines.append(f"  {f.name}={default!r}")
+        lines.append(f"      {f.metadata.get('help', '')}{extra}")
+    return "\n".join(lines)
+
+
+def main_help() -> str:
+    rows = [f"  {name:<10} {about}" for name, (_, about) in _commands().items()]
+    return "\n".join(["usage: alignkit <command> [--config preset.yaml] [key=value ...]", "",
+                      "Align language models with human and AI feedback.", "", "commands:", *rows, "",
+                      "alignkit <command> --help lists a command's options."])
+
+
+# ------------------------------------------------------------------------------------------ running
+def _save_resolved(config) -> None:
+    import yaml
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "resolved_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def run(command: str, config) -> None:
+    from .data import load_rows, tokenize_preferences, tokenize_sft
+    from .models import RewardModel, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    policy = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
+    _save_resolved(config)
+    fmt = getattr(config, "data_format", "") or None
+    if command in ("sft", "reward", "dpo"):
+        from .trainers import DPOTrainer, RewardTrainer, SFTTrainer
+
+        train_rows = load_rows(config.train_file, format=fmt, skip_invalid=config.skip_invalid)
+        eval_rows = load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file \
+            else None
+        if command == "sft":
+            tokenize = lambda rows: tokenize_sft(rows, tok, config.max_length, config.truncation)  # noqa: E731
+        else:
+            tokenize = lambda rows: tokenize_preferences(rows, tok, config.max_length, config.truncation)  # noqa: E731
+        train, held_out = tokenize(train_rows), (tokenize(eval_rows) if eval_rows is not None else None)
+        if command == "sft":
+            SFTTrainer(config, policy, train, held_out, tokenizer=tok).train()
+        elif command == "reward":
+            rm = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id)
+            RewardTrainer(config, rm, train, held_out, tokenizer=tok).train()
+        else:
+            DPOTrainer(config, policy, train, held_out, tokenizer=tok).train()
+        return
+    from .rewards import RewardModelScorer, resolve_reward_fn
+    from .trainers import PPOTrainer, ReinforceTrainer, TRPOTrainer
+
+    rows = load_rows(config.prompts_file, skip_invalid=False)
+    prompts = [r["prompt"] for r in rows]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    if config.reward_fn:
+        reward = resolve_reward_fn(config.reward_fn)
+    else:
+        from .models import load_reward_model
+
+        reward = RewardModelScorer(load_reward_model(config.reward_model), tok)
+    trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[command]
+    trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(main_help())
+        return 0 if argv else USAGE_ERROR
+    command, rest = argv[0], argv[1:]
+    try:
+        if command not in _commands():
+            raise UsageError(f"unknown command {command!r}; choose one of {', '.join(sorted(_commands()))}")
+        if any(a in ("-h", "--help") for a in rest):
+            print(command_help(command))
+            return 0
+        config = parse_config(command, rest)
+    except UsageError as e:
+        print(f"alignkit {command}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    run(command, config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The command line: help, errors that exit 2 and write nothing, and end-to-end runs on a tiny model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignkit.cli import main
+from tests.train import tasks
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    tok = tasks.tokenizer()
+    tasks.model(tok).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    with (d / "sft.jsonl").open("w") as f:
+        for row in tasks.sft_rows(16):
+            f.write(json.dumps(row) + "\n")
+    with (d / "pairs.jsonl").open("w") as f:
+        for row in tasks.preference_rows(16):
+            f.write(json.dumps(row) + "\n")
+    with (d / "prompts.jsonl").open("w") as f:
+        for row in tasks.sft_rows(16):
+            f.write(json.dumps({"prompt": row["prompt"]}) + "\n")
+    return d
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("sft", "reward", "dpo", "reinforce", "ppo", "trpo"):
+        assert f"  {command}" in out
+    assert main(["ppo", "--help"]) == 0
+    assert "kl_coef=0.05" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "alignkit"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "commands:" in out.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fly"], "unknown command 'fly'; choose one of"),
+    (["sft", "learning_rat=0.1"], "unknown key 'learning_rat' for 'sft'; did you mean learning_rate"),
+    (["sft", "batch_size=eight"], "batch_size: expected int, got 'eight'"),
+    (["sft", "lr_scheduler=step"], "lr_scheduler: 'step' is not one of linear, cosine, constant"),
+    (["sft", "model=/no/such/model", "train_file=x"], "model: no such file or directory '/no/such/model'"),
+    (["sft", "--verbose"], "unexpected argument '--verbose'"),
+])
+def test_bad_input_exits_2_names_the_key_and_writes_nothing(argv, message, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main([*argv, f"output_dir={out_dir}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_a_preset_for_another_method_is_refused(tiny_dir, tmp_path, capsys):
+    preset = tmp_path / "ppo.yaml"
+    preset.write_text("method: ppo\nkl_coef: 0.1\n")
+    assert main(["sft", "--config", str(preset), f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "is a preset for 'ppo', not 'sft'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_end_to_end_with_a_preset_and_overrides(tiny_dir, tmp_path):
+    preset = tmp_path / "sft.yaml"
+    preset.write_text("method: sft\nbatch_size: 4\nmax_steps: 5\nlearning_rate: 0.01\nmax_length: 32\n")
+    out = tmp_path / "run"
+    assert main(["sft", "--config", str(preset), f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}",
+                 f"output_dir={out}", "max_steps=3", "progress=false"]) == 0
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert "max_steps: 3" in resolved and "batch_size: 4" in resolved  # override beats preset
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # data counts + 3 steps
+    assert (out / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_reinforce_end_to_end_with_a_reward_fn_by_import_path(tiny_dir, tmp_path):
+    out = tmp_path / "rl"
+    assert main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "reward_fn=tests.train.tasks:has_good", "num_steps=2", "prompts_per_step=4", "samples_per_prompt=2",
+                 "max_new_tokens=4", f"output_dir={out}", "progress=false", "tensorboard=false"]) == 0
+    assert (out / "final" / "config.json").is_file() and (out / "resolved_config.yaml").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_reward_fn_must_resolve(tiny_dir, tmp_path, capsys):
+    assert main(["ppo", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "reward_fn=no.such.module:fn", f"output_dir={tmp_path / 'x'}"]) == 2
+    assert "reward_fn:" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_preset_parses_for_its_command(preset, tiny_dir, tmp_path):
+    import yaml
+
+    from alignkit.cli import parse_config
+
+    data = yaml.safe_load(preset.read_text())
+    text = preset.read_text()
+    assert text.startswith("# ") and "# Launch: alignkit" in text and "# Tested on:" in text
+    command = data["method"]
+    required = {"model": tiny_dir / "model", "output_dir": tmp_path / "run"}
+    if command in ("sft", "reward", "dpo"):
+        required["train_file"] = tiny_dir / "sft.jsonl"
+    else:
+        required["prompts_file"] = tiny_dir / "prompts.jsonl"
+        if "reward_fn" not in data:
+            required["reward_fn"] = "tests.train.tasks:has_good"
+    config = parse_config(command, ["--config", str(preset), *(f"{k}={v}" for k, v in required.items())])
+    for key, value in data.items():
+        if key != "method":
+            assert getattr(config, key) == value, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["sft", "reward", "dpo", "reinforce", "ppo", "trpo"])
+def test_every_command_runs_end_to_end_and_writes_its_run_directory(command, tiny_dir, tmp_path):
+    out = tmp_path / command
+    if command in ("sft", "reward", "dpo"):
+        data = tiny_dir / ("sft.jsonl" if command == "sft" else "pairs.jsonl")
+        args = [f"train_file={data}", "batch_size=4", "max_steps=2", "max_length=32"]
+    else:
+        args = [f"prompts_file={tiny_dir / 'prompts.jsonl'}", "reward_fn=tests.train.tasks:has_good", "num_steps=1",
+                "prompts_per_step=4", "samples_per_prompt=2", "max_new_tokens=3", "num_minibatches=1"]
+    assert main([command, f"model={tiny_dir / 'model'}", *args, f"output_dir={out}", "progress=false"]) == 0
+    assert (out / "resolved_config.yaml").is_file() and (out / "metrics.jsonl").is_file()
+    assert (out / "final" / "config.json").is_file()
+    assert any((out / "tensorboard").iterdir())
