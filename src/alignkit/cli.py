@@ -202,6 +202,7 @@ def command_help(command: str) -> str:
 
 def main_help() -> str:
     rows = [f"  {name:<10} {about}" for name, (_, about) in _commands().items()]
+    rows.append(f"  {'quickstart':<10} the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU")
     return "\n".join(["usage: alignkit <command> [--config preset.yaml] [key=value ...]", "",
                       "Align language models with human and AI feedback.", "", "commands:", *rows, "",
                       "alignkit <command> --help lists a command's options."])
@@ -259,8 +260,36 @@ def run(command: str, config) -> None:
     trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
 
 
+def _quickstart(argv: list[str]) -> int:
+    """``alignkit quickstart [key=value ...]``: the built-in SFT -> reward model -> PPO / DPO pipeline."""
+    from .quickstart import QuickstartConfig, run_quickstart
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: alignkit quickstart [key=value ...]\n\n" + (run_quickstart.__doc__ or "") + "\n\noptions:")
+        for f in fields(QuickstartConfig):
+            print(f"  {f.name}={f.default!r}\n      {f.metadata['help']}")
+        return 0
+    spec = {f.name: f for f in fields(QuickstartConfig)}
+    values = {}
+    try:
+        for arg in argv:
+            if "=" not in arg or arg.startswith("-"):
+                raise UsageError(f"unexpected argument {arg!r}: options are key=value (alignkit quickstart --help)")
+            key, raw = arg.split("=", 1)
+            if key not in spec:
+                raise _unknown_key("quickstart", key, list(spec))
+            values[key] = _coerce(key, raw, spec[key].default, None)
+    except UsageError as e:
+        print(f"alignkit quickstart: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    run_quickstart(QuickstartConfig(**values))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "quickstart":
+        return _quickstart(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(main_help())
         return 0 if argv else USAGE_ERROR
