@@ -32,7 +32,7 @@ def tiny_dir(tmp_path_factory):
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("sft", "reward", "dpo", "reinforce", "ppo", "trpo"):
+    for command in ("sft", "reward", "dpo", "reinforce", "ppo", "trpo", "bon", "generate", "quickstart"):
         assert f"  {command}" in out
     assert main(["ppo", "--help"]) == 0
     assert "kl_coef=0.05" in capsys.readouterr().out
@@ -134,3 +134,20 @@ def test_every_command_runs_end_to_end_and_writes_its_run_directory(command, tin
     assert (out / "resolved_config.yaml").is_file() and (out / "metrics.jsonl").is_file()
     assert (out / "final" / "config.json").is_file()
     assert any((out / "tensorboard").iterdir())
+
+
+def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}", "n=2",
+                 "max_new_tokens=3", f"output_dir={out}"]) == 0
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 32 and {"prompt", "completion", "finished"} <= set(rows[0])
+    out = tmp_path / "bon"
+    assert main(["bon", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "reward_fn=tests.train.tasks:has_good", "n=4", "max_new_tokens=3", f"output_dir={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kl_bound"] == pytest.approx(0.6363, abs=1e-4)  # log 4 - 3/4
+    assert (out / "resolved_config.yaml").is_file()
+    assert main(["bon", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "reward_fn=tests.train.tasks:has_good", "n=0", f"output_dir={tmp_path / 'bad'}"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -47,9 +47,35 @@ class OnlineDataJob:
     reward_model: str = option("", "or: a reward model directory (sequence classification, num_labels=1)")
 
 
+@dataclass
+class OutputJob:
+    output_dir: str = option("runs/alignkit", "run directory")
+
+
+@dataclass
+class GenerateJob(ModelJob):
+    """Sample completions from a checkpoint."""
+
+    prompts_file: str = option("", "prompts (.jsonl with a prompt column) (required)")
+    output_dir: str = option("runs/generate", "run directory; completions go to completions.jsonl")
+    n: int = option(1, "samples per prompt")
+    max_new_tokens: int = option(64, "longest completion")
+    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(0, "top-k sampling (0 = off)")
+    top_p: float = option(1.0, "nucleus sampling (1 = off)")
+    greedy: bool = option(False, "argmax decoding")
+    seed: int = option(0, "sampling seed")
+
+    def validate(self) -> None:
+        from .generation import SamplingParams
+
+        SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                       top_p=self.top_p, n=self.n, seed=self.seed, greedy=self.greedy)
+
+
 def _commands() -> dict[str, tuple[type, str]]:
     """command -> (job config class, one-line description). Built lazily to keep ``import`` cheap."""
-    from .trainers import DPOConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig, TRPOConfig
+    from .trainers import BestOfNConfig, DPOConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig, TRPOConfig
 
     def job(name, *bases):
         return dataclass(type(name, bases, {}))
@@ -62,6 +88,9 @@ def _commands() -> dict[str, tuple[type, str]]:
                       "REINFORCE with a baseline (none, batch, prompt, loo = RLOO, grpo)"),
         "ppo": (job("PPOJob", PPOConfig, OnlineDataJob, ModelJob), "PPO actor-critic with a KL penalty"),
         "trpo": (job("TRPOJob", TRPOConfig, OnlineDataJob, ModelJob), "TRPO: KL-constrained natural-gradient steps"),
+        "bon": (job("BestOfNJob", BestOfNConfig, OutputJob, OnlineDataJob, ModelJob),
+                "Best-of-N sampling with a reward: win rate, KL bound, chosen completions as SFT data"),
+        "generate": (GenerateJob, "sample completions from a checkpoint"),
     }
 
 
@@ -136,10 +165,11 @@ def parse_config(command: str, argv: list[str]):
         f = spec[key]
         default = f.default if f.default is not MISSING else f.default_factory()
         resolved[key] = _coerce(key, raw, default, f.metadata.get("choices"))
-    config = cls(**resolved)
-    _check_required(command, config)
     try:
-        config.validate()
+        config = cls(**resolved)
+        _check_required(command, config)
+        if hasattr(config, "validate"):
+            config.validate()
     except ValueError as e:
         raise UsageError(str(e)) from None
     return config
@@ -176,6 +206,8 @@ def _check_required(command: str, config) -> None:
     if hasattr(config, "prompts_file"):
         if not config.prompts_file:
             raise UsageError("prompts_file: required")
+        if not hasattr(config, "reward_fn"):
+            return
         if bool(config.reward_fn) == bool(config.reward_model):
             raise UsageError("give exactly one of reward_fn (import path) or reward_model (directory)")
         if config.reward_fn:
@@ -214,7 +246,8 @@ def _save_resolved(config) -> None:
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "resolved_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    (out / "resolved_config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def run(command: str, config) -> None:
@@ -250,12 +283,28 @@ def run(command: str, config) -> None:
     rows = load_rows(config.prompts_file, skip_invalid=False)
     prompts = [r["prompt"] for r in rows]
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    if command == "generate":
+        _generate(config, policy, tok, prompts)
+        return
     if config.reward_fn:
         reward = resolve_reward_fn(config.reward_fn)
     else:
         from .models import load_reward_model
 
         reward = RewardModelScorer(load_reward_model(config.reward_model), tok)
+    if command == "bon":
+        import json
+
+        from .generation import KVCacheGenerator
+        from .trainers import best_of_n
+
+        engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
+        result = best_of_n(prompts, tok, engine, reward, config, columns=columns)
+        out = Path(config.output_dir)
+        result.write_jsonl(out / "best_of_n.jsonl")
+        (out / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+        print(json.dumps(result.summary(), indent=2))
+        return
     trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[command]
     trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
 
@@ -284,6 +333,29 @@ def _quickstart(argv: list[str]) -> int:
         return USAGE_ERROR
     run_quickstart(QuickstartConfig(**values))
     return 0
+
+
+def _generate(config, policy, tok, prompts: list[str]) -> None:
+    """Write ``completions.jsonl`` ({prompt, completion, finished}) and print the first few."""
+    import json
+
+    from .generation import KVCacheGenerator, SamplingParams
+    from .rollout import decode_completions, tokenize_prompts
+
+    ids, _ = tokenize_prompts(tok, prompts)
+    sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_k=config.top_k, top_p=config.top_p, n=config.n, seed=config.seed,
+                              greedy=config.greedy)
+    comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, sampling)
+    texts = decode_completions(tok, comp)
+    path = Path(config.output_dir) / "completions.jsonl"
+    with path.open("w") as f:
+        for i, text in enumerate(texts):
+            row = {"prompt": prompts[int(comp.group_ids[i])], "completion": text, "finished": bool(comp.finished[i])}
+            f.write(json.dumps(row) + "\n")
+            if i < 5:
+                print(f"{row['prompt']!r} -> {text!r}")
+    print(f"wrote {len(texts)} completions to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
