@@ -99,6 +99,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     from .models import RewardModel
     from .models.reference import make_reference
     from .rewards import RewardModelScorer
+    from .rollout import decode_completions
     from .trainers import (
         DPOConfig,
         DPOTrainer,
@@ -131,8 +132,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     prompts = _prompts(rng, cfg.pairs)
     ids = [tok(p)["input_ids"] for p in prompts]
     comp = gen.generate(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, n=2, seed=cfg.seed))
-    texts = tok.batch_decode([r[m.bool()].tolist() for r, m in zip(comp.response_ids, comp.response_mask,
-                                                                   strict=True)], skip_special_tokens=True)
+    texts = decode_completions(tok, comp)
     pairs = []
     for i, p in enumerate(prompts):
         a, b = texts[2 * i].strip(), texts[2 * i + 1].strip()

@@ -29,7 +29,8 @@ from .core.logprobs import token_logprobs
 from .generation.base import Completions, Generator, SamplingParams
 
 __all__ = [
-    "Rollout", "collect_rollout", "decode_completions", "response_logprobs", "response_values", "tokenize_prompts",
+    "Rollout", "collect_rollout", "concat_sequences", "decode_completions", "model_logits", "response_logprobs",
+    "response_values", "tokenize_prompts",
 ]
 
 
@@ -69,6 +70,11 @@ class Rollout:
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    def sequences(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``index`` as model input: (ids, mask, position ids), each ``[b, P + R]``."""
+        return concat_sequences(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index],
+                                self.response_mask[index])
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -129,8 +135,8 @@ def tokenize_prompts(
     return ids, truncated
 
 
-def _model_logits(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    """Logits ``[N, L, V]`` from a causal LM or anything with a ``logits(...)`` method."""
+def model_logits(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+    """Logits ``[N, L, V]`` from a causal LM or anything with a ``logits(ids, mask, pos)`` method (a reference)."""
     if hasattr(model, "logits") and callable(model.logits):
         return model.logits(input_ids, attention_mask, position_ids)
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -140,15 +146,23 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask):
+    """Prompt + response as model input: (ids, mask, position ids), each ``[N, P + R]``.
+
+    Position ids count real tokens only, so left padding of the prompt does not shift them.
+    """
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    return ids, mask, _position_ids(mask)
+
+
 def _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size: int | None):
     """Yield (row slice, ids ``[b, P+R]``, mask ``[b, P+R]``, position ids ``[b, P+R]``) per micro-batch."""
     n = prompt_ids.shape[0]
     batch_size = batch_size or n
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
-        ids = torch.cat([prompt_ids[sl], response_ids[sl]], 1)
-        mask = torch.cat([prompt_mask[sl], response_mask[sl]], 1)
-        yield sl, ids, mask, _position_ids(mask)
+        yield sl, *concat_sequences(prompt_ids[sl], prompt_mask[sl], response_ids[sl], response_mask[sl])
 
 
 def response_logprobs(
@@ -168,7 +182,7 @@ def response_logprobs(
     p = prompt_ids.shape[1]
     outs = []
     for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
-        logits = _model_logits(model, ids, mask, pos)
+        logits = model_logits(model, ids, mask, pos)
         lp = token_logprobs(logits[:, p - 1 : -1], response_ids[sl], temperature)
         outs.append(lp * response_mask[sl])
     return torch.cat(outs, 0)

@@ -22,6 +22,7 @@ import torch
 
 from ..core.logprobs import token_logprobs
 from ..core.preference import DPO_LOSS_TYPES, dpo_loss
+from ..rollout import model_logits
 from ..training import TrainConfig, Trainer, option
 
 
@@ -42,10 +43,7 @@ def sequence_logprobs(model_or_logits_fn, input_ids, attention_mask, loss_mask) 
 
     ``loss_mask[:, t]`` marks input position t as a response token; it is scored by the logits at t - 1.
     """
-    if hasattr(model_or_logits_fn, "logits") and callable(model_or_logits_fn.logits):
-        logits = model_or_logits_fn.logits(input_ids, attention_mask)
-    else:
-        logits = model_or_logits_fn(input_ids=input_ids, attention_mask=attention_mask).logits
+    logits = model_logits(model_or_logits_fn, input_ids, attention_mask)
     logp = token_logprobs(logits[:, :-1], input_ids[:, 1:])
     return (logp * loss_mask[:, 1:]).sum(-1)
 

@@ -119,14 +119,17 @@ class OnlineConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def response_logits(policy, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
+    """Logits scoring each response token of rows ``index``: ``[b, R, V]`` (position P - 1 + t scores token t)."""
+    ids, mask, pos = rollout.sequences(index)
+    p = rollout.prompt_ids.shape[1]
+    return policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1]
+
+
 def policy_forward(policy, rollout: Rollout, index: torch.Tensor, temperature: float, with_entropy: bool
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of the rollout's response tokens ``[b, R]`` for rows ``index``, with grad."""
-    p = rollout.prompt_ids.shape[1]
-    ids = torch.cat([rollout.prompt_ids[index], rollout.response_ids[index]], 1)
-    mask = torch.cat([rollout.prompt_mask[index], rollout.response_mask[index]], 1)
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1]
+    logits = response_logits(policy, rollout, index)
     logp = token_logprobs(logits, rollout.response_ids[index], temperature)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     return logp, entropy

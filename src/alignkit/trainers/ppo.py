@@ -102,20 +102,22 @@ class PPOTrainer(OnlineTrainer):
         super().save_final(path)
         self.value_model.save_pretrained(str(path / "critic"))
 
+    def critic_values(self, rollout, micro) -> torch.Tensor:
+        """V(s_t) of the separate critic for the response tokens of rows ``micro``: ``[b, R]`` (with grad)."""
+        ids, mask, pos = rollout.sequences(micro)
+        return self.value_model(ids, mask, pos)[:, rollout.prompt_ids.shape[1] - 1 : -1]
+
     def _forward(self, rollout, micro, with_entropy: bool):
         """(log-probs, entropies, values) of the response tokens of rows ``micro``, each ``[b, R]``."""
-        p = rollout.prompt_ids.shape[1]
-        ids = torch.cat([rollout.prompt_ids[micro], rollout.response_ids[micro]], 1)
-        mask = torch.cat([rollout.prompt_mask[micro], rollout.response_mask[micro]], 1)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        if self.joint is not None:
-            out = self.joint(ids, mask, pos)
+        if self.joint is not None:  # one trunk pass for logits and values
+            p = rollout.prompt_ids.shape[1]
+            out = self.joint(*rollout.sequences(micro))
             logits = out.logits[:, p - 1 : -1]
             logp = token_logprobs(logits, rollout.response_ids[micro], self.config.temperature)
             entropy = entropy_from_logits(logits, self.config.temperature) if with_entropy else None
             return logp, entropy, out.values[:, p - 1 : -1]
         logp, entropy = policy_forward(self.policy, rollout, micro, self.config.temperature, with_entropy)
-        return logp, entropy, self.value_model(ids, mask, pos)[:, p - 1 : -1]
+        return logp, entropy, self.critic_values(rollout, micro)
 
     def compute_advantages(self, rollout, beta):
         cfg = self.config

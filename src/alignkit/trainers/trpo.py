@@ -28,7 +28,7 @@ from ..core.trust_region import trpo_step
 from ..core.value_loss import value_loss
 from ..training import option
 from ..training.loop import NonFiniteLossError
-from .online import policy_forward
+from .online import policy_forward, response_logits
 from .ppo import PPOConfig, PPOTrainer
 
 
@@ -62,12 +62,7 @@ class TRPOTrainer(PPOTrainer):
         super().__init__(config, policy, tokenizer, prompts, reward_fn, **kwargs)
 
     def _logits(self, rollout, rows):
-        p = rollout.prompt_ids.shape[1]
-        ids = torch.cat([rollout.prompt_ids[rows], rollout.response_ids[rows]], 1)
-        mask = torch.cat([rollout.prompt_mask[rows], rollout.response_mask[rows]], 1)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1]
-        return logits.float() / self.config.temperature
+        return response_logits(self.policy, rollout, rows).float() / self.config.temperature
 
     def update(self, rollout, batch):
         cfg = self.config
@@ -100,7 +95,6 @@ class TRPOTrainer(PPOTrainer):
 
     def _update_critic(self, rollout, returns) -> dict[str, float]:
         cfg = self.config
-        p = rollout.prompt_ids.shape[1]
         sums: dict[str, float] = {}
         count = 0
         self.value_model.train()
@@ -109,12 +103,8 @@ class TRPOTrainer(PPOTrainer):
                 rows = torch.cat(minibatch)
                 normalizer = float(rollout.response_mask[rows].sum())
                 for micro in minibatch:
-                    mask = rollout.response_mask[micro]
-                    ids = torch.cat([rollout.prompt_ids[micro], rollout.response_ids[micro]], 1)
-                    full_mask = torch.cat([rollout.prompt_mask[micro], mask], 1)
-                    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-                    values = self.value_model(ids, full_mask, pos)[:, p - 1 : -1]
-                    loss, m = value_loss(values, returns[micro], mask, rollout.values[micro], cfg.vf_clip or None,
+                    loss, m = value_loss(self.critic_values(rollout, micro), returns[micro],
+                                         rollout.response_mask[micro], rollout.values[micro], cfg.vf_clip or None,
                                          "token-mean", normalizer)
                     loss.backward()
                     for k, v in m.items():
