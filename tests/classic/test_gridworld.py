@@ -1,6 +1,8 @@
 """The 4x3 grid world: the values of lecture seed 004 and AIMA Fig. 17.3, and VI / PI agreement."""
 
 import itertools
+import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from alignkit.classic.gridworld import (
     state_index,
 )
 from alignkit.classic.mdp import greedy_actions, policy_evaluation, policy_iteration, q_from_v, value_iteration
+from alignkit.classic.tabular_cli import GridworldConfig, run_gridworld
 
 
 def V_at(V, cell):
@@ -132,3 +135,34 @@ def test_plot_values_writes_a_png(tmp_path):
     V, policy, _ = value_iteration(make_gridworld(gamma=0.9, slip=0.2))
     path = plot_values(V, policy, tmp_path / "sub" / "values.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
+    ({"slip": 1.0}, r"slip must be in \[0, 1\)"),
+    ({"method": "sarsa"}, "method must be one of value_iteration, policy_iteration"),
+    ({"gamma": 1.0, "living_reward": 0.1}, "living_reward"),
+])
+def test_gridworld_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GridworldConfig(**kwargs)
+
+
+def test_gridworld_config_fields_carry_help_for_the_cli():
+    for f in fields(GridworldConfig):
+        assert f.metadata.get("help"), f"GridworldConfig.{f.name} has no help"
+    assert {f.name: f.metadata.get("choices") for f in fields(GridworldConfig)}["method"] == (
+        "value_iteration", "policy_iteration")
+
+
+def test_run_gridworld_writes_plot_and_summary(tmp_path, capsys):
+    config = GridworldConfig(gamma=1.0, slip=0.2, living_reward=-0.04, method="policy_iteration",
+                             output_dir=str(tmp_path / "gw"))
+    summary = run_gridworld(config)
+    assert (tmp_path / "gw" / "values.png").read_bytes()[:4] == b"\x89PNG"
+    on_disk = json.loads((tmp_path / "gw" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["start_value"] == pytest.approx(0.705, abs=5e-4)  # AIMA Fig. 17.3
+    assert on_disk["policy"]["(1,1)"] == "up" and on_disk["policy"]["(4,3)"] == "exit"
+    out = capsys.readouterr().out
+    assert "####" in out and "→" in out

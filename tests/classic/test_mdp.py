@@ -153,3 +153,31 @@ def test_proper_policy_reaches_the_terminal_from_every_state():
 def test_greedy_actions_treat_rounding_noise_as_a_tie():
     Q = np.array([[1.0, 1.0 + 1e-13, 0.5]])
     np.testing.assert_array_equal(greedy_actions(Q), [[True, True, False]])
+
+
+def test_tabular_modules_import_only_numpy_matplotlib_and_the_standard_library():
+    # DESIGN.md: alignkit.classic uses alignkit.core only; these modules need not even that
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    import alignkit.classic
+
+    root = pathlib.Path(alignkit.classic.__file__).parent
+    allowed = {"numpy", "matplotlib", "torch", "__future__"} | set(sys.stdlib_module_names)
+    for name in ("__init__", "mdp", "gridworld", "bandits", "tabular_cli"):
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for module in modules:
+                ok = module.split(".")[0] in allowed or module.startswith(".") and not module.startswith("..")
+                assert ok or module.startswith("alignkit.core"), f"classic/{name}.py imports {module}"
+    # the package file is a docstring only: importing it loads none of its modules (nor matplotlib)
+    code = "import sys, alignkit.classic; print(sorted(m for m in sys.modules if m.startswith(('alignkit.c', 'matp'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['alignkit.classic']"
