@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignkit.cli import main
+from tests.report_checks import assert_report_references_only_existing_files
 from tests.train import tasks
 
 
@@ -134,6 +135,12 @@ def test_every_command_runs_end_to_end_and_writes_its_run_directory(command, tin
     assert (out / "resolved_config.yaml").is_file() and (out / "metrics.jsonl").is_file()
     assert (out / "final" / "config.json").is_file()
     assert any((out / "tensorboard").iterdir())
+    refs = assert_report_references_only_existing_files(out)
+    assert "plots/losses.png" in refs or command == "trpo"  # TRPO has no policy loss, only its critic's
+    assert any(r.startswith("plots/") for r in refs)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all("prompt" in s and "step" in s for s in samples)
+    assert all(("completion" in s) != (command == "reward") for s in samples)  # the RM shows scored pairs
 
 
 def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
@@ -142,12 +149,15 @@ def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
                  "max_new_tokens=3", f"output_dir={out}"]) == 0
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 32 and {"prompt", "completion", "finished"} <= set(rows[0])
+    assert_report_references_only_existing_files(out)
     out = tmp_path / "bon"
     assert main(["bon", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
                  "reward_fn=tests.train.tasks:has_good", "n=4", "max_new_tokens=3", f"output_dir={out}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kl_bound"] == pytest.approx(0.6363, abs=1e-4)  # log 4 - 3/4
     assert (out / "resolved_config.yaml").is_file()
+    assert_report_references_only_existing_files(out)
+    assert "kl_bound" in (out / "report.html").read_text()
     assert main(["bon", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
                  "reward_fn=tests.train.tasks:has_good", "n=0", f"output_dir={tmp_path / 'bad'}"]) == 2
     assert not (tmp_path / "bad").exists()

@@ -279,6 +279,7 @@ def run(command: str, config) -> None:
         return
     from .rewards import RewardModelScorer, resolve_reward_fn
     from .trainers import PPOTrainer, ReinforceTrainer, TRPOTrainer
+    from .training.report import append_samples, write_report
 
     rows = load_rows(config.prompts_file, skip_invalid=False)
     prompts = [r["prompt"] for r in rows]
@@ -304,6 +305,8 @@ def run(command: str, config) -> None:
         result.write_jsonl(out / "best_of_n.jsonl")
         (out / "summary.json").write_text(json.dumps(result.summary(), indent=2))
         print(json.dumps(result.summary(), indent=2))
+        append_samples(out, 0, result.to_sft_rows()[:8])
+        write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=result.summary())
         return
     trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[command]
     trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
@@ -356,6 +359,11 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
             if i < 5:
                 print(f"{row['prompt']!r} -> {text!r}")
     print(f"wrote {len(texts)} completions to {path}")
+    from .training.report import append_samples, write_report
+
+    append_samples(path.parent, 0, [{"prompt": prompts[int(comp.group_ids[i])], "completion": texts[i]}
+                                    for i in range(min(8, len(texts)))])
+    write_report(path.parent, title=f"alignkit generate: {path.parent.resolve().name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,9 @@ class DPOTrainer(Trainer):
         b = batch["num_pairs"]
         return seq[:b].float(), seq[b:].float()
 
+    def sample_prompt_ids(self) -> list[list[int]]:
+        return [list(ex["prompt_ids"]) for ex in (self.eval_examples or self.train_examples)[: self.config.num_samples]]
+
     def count_units(self, examples: list[dict]) -> int:
         return len(examples)
 

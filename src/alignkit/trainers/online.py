@@ -40,6 +40,7 @@ from ..training.checkpoint import load_checkpoint, resolve_resume, save_checkpoi
 from ..training.loop import NonFiniteLossError, seed_everything
 from ..training.metrics import MetricsLogger
 from ..training.optim import build_optimizer, build_scheduler
+from ..training.report import append_samples, write_report
 
 
 @dataclass
@@ -82,6 +83,7 @@ class OnlineConfig:
     on_nonfinite: str = option("raise", "non-finite score/loss: stop, or skip the update and count it",
                                choices=("raise", "skip"))
     logging_steps: int = option(1, "log every this many steps")
+    num_samples: int = option(4, "completions of each logged step written to samples.jsonl (and report.html)")
     save_steps: int = option(0, "checkpoint every this many steps (0 = final model only)")
     save_total_limit: int = option(2, "checkpoints kept")
     resume_from: str = option("", "checkpoint directory or 'latest'")
@@ -97,6 +99,8 @@ class OnlineConfig:
                      "num_minibatches", "grad_accum_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
         per_update = self.num_minibatches * self.grad_accum_steps
         if per_update > self.rollout_size:
             raise ValueError(
@@ -324,6 +328,7 @@ class OnlineTrainer(ABC):
             self.history.append({"step": self.step, **metrics})
             if self.step % cfg.logging_steps == 0 or self.step == cfg.num_steps:
                 self.logger.log(self.step, metrics)
+                self.log_samples(rollout)
             if cfg.save_steps and self.step % cfg.save_steps == 0:
                 save_checkpoint(self.run_dir, self.step, self.policy, self.optimizer, self.scheduler,
                                 {"data": self.batcher.state_dict(),
@@ -336,4 +341,12 @@ class OnlineTrainer(ABC):
                 return self.history
         self.save_final(self.run_dir / "final")
         self.logger.close()
+        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
         return self.history
+
+    def log_samples(self, rollout: Rollout) -> None:
+        """The first ``num_samples`` (prompt, completion, score) of this step's rollout -> samples.jsonl."""
+        k = min(self.config.num_samples, len(rollout))
+        append_samples(self.run_dir, self.step, [
+            {"prompt": rollout.prompts[i], "completion": rollout.completions[i], "score": float(rollout.scores[i]),
+             "finished": bool(rollout.finished[i])} for i in range(k)])

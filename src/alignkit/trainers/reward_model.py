@@ -72,6 +72,24 @@ class RewardTrainer(Trainer):
                    "reward_rejected": m["rewards_rejected"] * scale}
         return mean_loss * scale, metrics
 
+    def sample_rows(self) -> list[dict]:
+        """The first held-out (else training) pairs with the trained model's rewards."""
+        examples = (self.eval_examples or self.train_examples)[: self.config.num_samples]
+        if not examples or self.tokenizer is None:
+            return []
+        import torch
+
+        batch = self._collator(list(examples))
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            rewards = model(batch["input_ids"].to(self.accelerator.device),
+                            batch["attention_mask"].to(self.accelerator.device)).float().cpu()
+        b, dec = len(examples), self.tokenizer.decode
+        return [{"prompt": dec(ex["prompt_ids"]), "chosen": dec(ex["chosen_ids"], skip_special_tokens=True),
+                 "rejected": dec(ex["rejected_ids"], skip_special_tokens=True),
+                 "reward_chosen": float(rewards[i]), "reward_rejected": float(rewards[b + i])}
+                for i, ex in enumerate(examples)]
+
     def save_final(self, path: Path) -> None:
         model = self.accelerator.unwrap_model(self.model)
         model.save_pretrained(str(path))

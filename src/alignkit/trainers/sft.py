@@ -43,10 +43,20 @@ class SFTTrainer(Trainer):
         if pad is None:
             raise ValueError("SFTTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
         self._collator = SFTCollator(pad)
+        self._sample_source = eval_examples or train_examples  # before packing: whole prompts
         if config.packing:
             train_examples = pack_sft(train_examples, config.max_length)
             eval_examples = pack_sft(eval_examples, config.max_length) if eval_examples else eval_examples
         super().__init__(config, model, train_examples, eval_examples, tokenizer)
+
+    def sample_prompt_ids(self) -> list[list[int]]:
+        """The prompt part (labels masked) of the first held-out (else training) examples."""
+        prompts = []
+        for ex in self._sample_source[: self.config.num_samples]:
+            start = next((t for t, y in enumerate(ex["labels"]) if y != IGNORE), 0)
+            if start:  # no prompt when completion_only_loss=False: nothing to condition on
+                prompts.append(list(ex["input_ids"][:start]))
+        return prompts
 
     def count_units(self, examples: list[dict]) -> int:
         # labels[0] is never predicted (no context); count the shifted targets

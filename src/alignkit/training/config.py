@@ -48,14 +48,17 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard events too (needs the tensorboard package)")
     progress: bool = option(True, "show a progress bar with live metrics")
     skip_invalid: bool = option(False, "skip malformed data rows (counted in the log) instead of failing")
+    num_samples: int = option(4, "sample completions written to samples.jsonl and report.html at the end (0 = none)")
+    sample_max_new_tokens: int = option(64, "longest sample completion for the report")
 
     def validate(self, world_size: int = 1) -> None:
         """Fail at config time, naming the setting, instead of a NaN three hours later."""
-        positive = ("batch_size", "grad_accum_steps", "logging_steps", "save_total_limit", "lora_r")
+        positive = ("batch_size", "grad_accum_steps", "logging_steps", "save_total_limit", "lora_r",
+                    "sample_max_new_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_steps", "save_steps", "warmup_steps"):
+        for name in ("max_steps", "eval_steps", "save_steps", "warmup_steps", "num_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps == 0 and not self.num_epochs > 0:

@@ -107,6 +107,44 @@ class Trainer(ABC):
     def load_trainer_state(self, state: dict) -> None:
         return None
 
+    def sample_prompt_ids(self) -> list[list[int]]:
+        """Prompts (token ids) to sample the report's completions from; default none."""
+        return []
+
+    def sample_rows(self) -> list[dict]:
+        """Rows for ``samples.jsonl`` at the end of training (main process only).
+
+        Default: ``num_samples`` completions sampled (seeded) from the trained model for the prompts of
+        :meth:`sample_prompt_ids`. Sharded models (FSDP, DeepSpeed) are not gathered for this: no samples.
+        """
+        prompts = self.sample_prompt_ids()[: self.config.num_samples]
+        if not prompts or self.tokenizer is None or self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            return []
+        from ..generation import KVCacheGenerator, SamplingParams
+        from ..rollout import decode_completions
+
+        model = self.accelerator.unwrap_model(self.model)
+        tok = self.tokenizer
+        # stay within the model's context: a sample for the report must never fail the run
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
+        new_tokens = min(self.config.sample_max_new_tokens, context - max(map(len, prompts)))
+        if new_tokens < 1:
+            return []
+        engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
+        with torch.no_grad():
+            comp = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, seed=self.config.seed))
+        texts = decode_completions(tok, comp)
+        return [{"prompt": tok.decode(p), "completion": t, "finished": bool(f)}
+                for p, t, f in zip(prompts, texts, comp.finished.tolist(), strict=True)]
+
+    def write_report(self) -> None:
+        """Sample completions, then ``report.html`` with plots (main process; see training/report.py)."""
+        from .report import append_samples, write_report
+
+        if self.config.num_samples:
+            append_samples(self.run_dir, self.step, self.sample_rows())
+        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
+
     def save_final(self, path: Path) -> None:
         """Save the final model so that transformers' (or peft's) from_pretrained loads it."""
         model = self.accelerator.unwrap_model(self.model)
@@ -245,6 +283,8 @@ class Trainer(ABC):
         if self.accelerator.is_main_process:
             self.save_final(self.run_dir / "final")
         self.logger.close()
+        if self.accelerator.is_main_process:
+            self.write_report()
         return self.history
 
     def _save_checkpoint(self) -> None:

@@ -1,0 +1,271 @@
+"""``report.html``: one page per run directory, openable in a browser with no server.
+
+The page is built from what the run directory already holds, so it can be (re)written at any time, also
+for a run that stopped early (``alignkit report RUN_DIR``):
+
+* ``metrics.jsonl`` -> PNG plots under ``plots/`` (matplotlib, Agg backend), one figure per group:
+  score / reward, KL, losses, response length, other diagnostics, seconds per stage;
+* ``samples.jsonl`` -> a table of sample completions (the first and the last step that wrote samples);
+* ``resolved_config.yaml`` or ``config.json`` -> the settings;
+* an optional ``summary`` dict and extra sections given by the caller (the quickstart's table).
+
+Every file the HTML references is written before the HTML or checked to exist; paths are relative to the
+run directory, so the directory can be copied or zipped as a whole. Nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "plot_metrics", "write_report", "append_samples"]
+
+
+@dataclass(frozen=True)
+class PlotGroup:
+    """One figure of the report: the metric keys whose name matches ``pattern`` (first group wins)."""
+
+    name: str
+    title: str
+    pattern: str
+    order: int  # position on the page
+
+
+# A key goes to the first group whose pattern it matches (so "value_loss" is a loss, not a value);
+# "data/" and "skipped" keys are bookkeeping and not plotted.
+PLOT_GROUPS: tuple[PlotGroup, ...] = (
+    PlotGroup("losses", "Losses", r"loss", 2),
+    PlotGroup("kl", "KL to the reference and KL control",
+              r"(^|[/_])(kl|approx_kl|kl_coef|non_score_reward)($|[/_])", 1),
+    PlotGroup("score", "Score / reward", r"^(eval/)?(score|score_std|accuracy|margin|reward_chosen|reward_rejected|"
+                                         r"rewards/.*|total_reward|gold.*|learnt_reward|return.*)$", 0),
+    PlotGroup("length", "Response length and EOS rate", r"^(eval/)?(response_length|eos_rate|tokens)$", 3),
+    PlotGroup("time", "Seconds per stage", r"^time/", 5),
+    PlotGroup("other", "Other diagnostics", r"^(?!data/|skipped)", 4),
+)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (non-finite values come back as floats)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+        records.append({k: float(v) if isinstance(v, str) and k != "step" else v for k, v in record.items()})
+    return records
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_samples(run_dir: str | Path, step: int, rows: Sequence[dict]) -> None:
+    """Append sample rows (``{"prompt", "completion", ...}``) tagged with ``step`` to ``samples.jsonl``."""
+    path = Path(run_dir) / "samples.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps({"step": step, **row}) + "\n")
+
+
+def _series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """``{key: (steps, values)}`` for every numeric metric, in first-seen order."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for r in records:
+        step = r.get("step")
+        if step is None:
+            continue
+        for k, v in r.items():
+            if k in ("step", "time_s") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            xs, ys = series.setdefault(k, ([], []))
+            xs.append(float(step))
+            ys.append(float(v))
+    return series
+
+
+def _group_of(key: str) -> str | None:
+    for group in PLOT_GROUPS:
+        if re.search(group.pattern, key):
+            return group.name
+    return None
+
+
+def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12) -> list[tuple[PlotGroup, Path]]:
+    """Write one PNG per non-empty group into ``plot_dir``; returns ``[(group, path)]`` in report order.
+
+    A group's figure has one small panel per metric (at most ``max_panels``: the first ones logged). Series
+    with a single point are drawn as a marker. Non-finite points are left out of the line (they stay in
+    metrics.jsonl).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plot_dir = Path(plot_dir)
+    grouped: dict[str, list[tuple[str, list[float], list[float]]]] = {}
+    for key, (xs, ys) in _series(records).items():
+        name = _group_of(key)
+        if name is None:
+            continue
+        finite = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+        if finite:
+            grouped.setdefault(name, []).append((key, [p[0] for p in finite], [p[1] for p in finite]))
+    written = []
+    for group in sorted(PLOT_GROUPS, key=lambda g: g.order):
+        panels = grouped.get(group.name, [])[:max_panels]
+        if not panels:
+            continue
+        cols = min(3, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+        for ax, (key, xs, ys) in zip(axes.flat, panels, strict=False):
+            ax.plot(xs, ys, marker="o" if len(xs) < 3 else None, linewidth=1.5, markersize=3)
+            ax.set_title(key, fontsize=10)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle(group.title, fontsize=12)
+        fig.tight_layout()
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        path = plot_dir / f"{group.name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append((group, path))
+    return written
+
+
+def _config(run_dir: Path) -> dict:
+    if (run_dir / "resolved_config.yaml").exists():
+        import yaml
+
+        return yaml.safe_load((run_dir / "resolved_config.yaml").read_text()) or {}
+    if (run_dir / "config.json").exists():
+        return json.loads((run_dir / "config.json").read_text())
+    return {}
+
+
+def _table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return ""
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary_rows(records: list[dict]) -> list[dict]:
+    """First and last logged value of the headline metrics."""
+    series = _series(records)
+    keys = [k for k in series if _group_of(k) in ("score", "kl", "losses", "length")]
+    return [{"metric": k, "first": series[k][1][0], "last": series[k][1][-1], "steps": int(series[k][0][-1])}
+            for k in keys]
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; background: #fff; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } td { white-space: pre-wrap; max-width: 600px; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; display: block; }
+.muted { color: #777; }
+"""
+
+# Marks <body> with how many images the browser decoded (the Chromium test reads it back from the DOM).
+_IMAGE_CHECK = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  document.body.setAttribute("data-images-total", imgs.length);
+  document.body.setAttribute("data-images-loaded",
+    imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length);
+});
+"""
+
+
+def write_report(
+    run_dir: str | Path,
+    title: str | None = None,
+    summary: dict | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+    max_sample_rows: int = 8,
+) -> Path:
+    """(Re)write ``<run_dir>/report.html`` and its ``plots/*.png``; returns the HTML path.
+
+    Args:
+        run_dir: the run directory (``metrics.jsonl``, ``samples.jsonl``, config files are read if present).
+        title: page title; default "alignkit run: <directory name>".
+        summary: extra key -> value pairs shown at the top (e.g. final scores).
+        sections: extra ``(heading, html)`` sections, appended after the summary; the caller is
+            responsible for escaping and for referencing only existing files.
+        max_sample_rows: sample completions shown for each of the first and the last sampled step.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    title = title or f"alignkit run: {run_dir.resolve().name}"
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if summary:
+        parts.append("<h2>Summary</h2>" + _table([{"": k, "value": v} for k, v in summary.items()]))
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    if records:
+        steps = [r["step"] for r in records if "step" in r]
+        parts.append(f"<h2>Metrics</h2><p class='muted'>{len(records)} records, steps {min(steps)} to "
+                     f"{max(steps)}, from metrics.jsonl</p>" + _table(_summary_rows(records)))
+        for group, path in plot_metrics(records, run_dir / "plots"):
+            rel = path.relative_to(run_dir).as_posix()
+            parts.append(f"<h3>{html.escape(group.title)}</h3><img src='{html.escape(rel)}' "
+                         f"alt='{html.escape(group.title)}'>")
+    else:
+        parts.append("<h2>Metrics</h2><p class='muted'>no metrics.jsonl in this run directory</p>")
+    samples = read_samples(run_dir / "samples.jsonl")
+    if samples:
+        sample_steps = sorted({s.get("step", 0) for s in samples})
+        shown = dict.fromkeys([sample_steps[0], sample_steps[-1]])
+        parts.append("<h2>Sample completions</h2>")
+        for step in shown:
+            rows = [{k: v for k, v in s.items() if k != "step"} for s in samples if s.get("step", 0) == step]
+            parts.append(f"<h3>step {step}</h3>" + _table(rows[:max_sample_rows]))
+    config = _config(run_dir)
+    if config:
+        parts.append("<h2>Configuration</h2>" + _table([{"key": k, "value": v} for k, v in config.items()]))
+    links = [name for name in ("metrics.jsonl", "samples.jsonl", "resolved_config.yaml", "config.json", "final",
+                               "tensorboard") if (run_dir / name).exists()]
+    if links:
+        items = "".join(f"<li><a href='{html.escape(n)}'>{html.escape(n)}</a></li>" for n in links)
+        parts.append(f"<h2>Files</h2><ul>{items}</ul>")
+    page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script>{_IMAGE_CHECK}</script></head><body>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+    out = run_dir / "report.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
+    return out
