@@ -294,24 +294,38 @@ def resolve_reward_fn(spec: str | Callable) -> RewardFn:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"a reward function is a callable or an import path string, got {type(spec).__name__}")
+    obj = resolve_import_path(spec, "reward function")
+    if inspect.isclass(obj):
+        raise ValueError(f"reward function {spec!r} is a class; name a function or a module-level instance")
+    if not callable(obj):
+        kind = type(obj).__name__
+        raise ValueError(f"reward function {spec!r} names an object of type {kind}, which is not callable")
+    return obj
+
+
+def resolve_import_path(spec: str, what: str = "object") -> Any:
+    """The object named by ``"pkg.module:attr"`` (or ``"pkg.module.attr"``); errors say ``what`` it was for.
+
+    Only :func:`importlib.import_module` and ``getattr`` are used: nothing is ``eval``-ed.
+    """
     text = spec.strip()
     module_path, sep, attr_path = text.partition(":")
     parts = module_path.split(".") + (attr_path.split(".") if sep else [])
     if not text or not all(p.isidentifier() and not p.startswith("__") for p in parts) or (sep and not attr_path):
         raise ValueError(
-            f"reward function {spec!r} is not an import path; write 'package.module:function' or "
+            f"{what} {spec!r} is not an import path; write 'package.module:function' or "
             "'package.module.function' (Python identifiers separated by dots, no dunder names)"
         )
     if sep:
-        module = _import(module_path, spec, required=True)
+        module = _import(module_path, spec, required=True, what=what)
         attrs = attr_path.split(".")
     else:
         names = module_path.split(".")
         if len(names) < 2:
-            raise ValueError(f"reward function {spec!r} names no attribute; write 'package.module:function'")
+            raise ValueError(f"{what} {spec!r} names no attribute; write 'package.module:function'")
         module, attrs = None, []
         for cut in range(len(names) - 1, 0, -1):  # longest importable prefix, leaving >= 1 attribute
-            module = _import(".".join(names[:cut]), spec, required=cut == 1)
+            module = _import(".".join(names[:cut]), spec, required=cut == 1, what=what)
             if module is not None:
                 attrs = names[cut:]
                 break
@@ -321,16 +335,11 @@ def resolve_reward_fn(spec: str | Callable) -> RewardFn:
             obj = getattr(obj, attr)
         except AttributeError:
             owner = ".".join([module.__name__, *attrs[:k]])
-            raise ValueError(f"reward function {spec!r}: {owner!r} has no attribute {attr!r}") from None
-    if inspect.isclass(obj):
-        raise ValueError(f"reward function {spec!r} is a class; name a function or a module-level instance")
-    if not callable(obj):
-        kind = type(obj).__name__
-        raise ValueError(f"reward function {spec!r} names an object of type {kind}, which is not callable")
+            raise ValueError(f"{what} {spec!r}: {owner!r} has no attribute {attr!r}") from None
     return obj
 
 
-def _import(module_path: str, spec: str, required: bool):
+def _import(module_path: str, spec: str, required: bool, what: str):
     """Import ``module_path``; None when it does not exist and ``required`` is False."""
     try:
         return importlib.import_module(module_path)
@@ -341,5 +350,5 @@ def _import(module_path: str, spec: str, required: bool):
         if not (module_path == missing or module_path.startswith(missing + ".")):
             raise
         if required:
-            raise ValueError(f"reward function {spec!r}: no module named {missing!r}") from None
+            raise ValueError(f"{what} {spec!r}: no module named {missing!r}") from None
         return None
