@@ -33,7 +33,7 @@ def tiny_dir(tmp_path_factory):
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("sft", "reward", "dpo", "reinforce", "ppo", "trpo", "bon", "generate", "quickstart"):
+    for command in ("sft", "reward", "dpo", "reinforce", "ppo", "trpo", "bon", "rlaif", "generate", "quickstart"):
         assert f"  {command}" in out
     assert main(["ppo", "--help"]) == 0
     assert "kl_coef=0.05" in capsys.readouterr().out
@@ -143,6 +143,41 @@ def test_every_command_runs_end_to_end_and_writes_its_run_directory(command, tin
     assert all(("completion" in s) != (command == "reward") for s in samples)  # the RM shows scored pairs
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["reward", "dpo"])
+def test_rlaif_labels_pairs_with_the_judge_and_trains(method, tiny_dir, tmp_path):
+    out = tmp_path / method
+    assert main(["rlaif", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "judge=tests.train.tasks:GoodWordJudge", f"rlaif_method={method}", "max_new_tokens=6",
+                 "batch_size=4", "max_steps=2", "max_length=32", f"output_dir={out}", "progress=false"]) == 0
+    rows = [json.loads(line) for line in (out / "ai_labels.jsonl").read_text().splitlines()]
+    counts = json.loads((out / "ai_labels_summary.json").read_text())
+    assert counts["pairs"] == len(rows) > 0 and counts["pairs_requested"] == 16
+    assert counts["pairs"] + sum(v for k, v in counts.items() if k.startswith("dropped_")) == 16  # none lost
+    judge = tasks.GoodWordJudge()
+    assert all(judge.prefer([r["prompt"]], [r["chosen"]], [r["rejected"]])[0] > 0.5 for r in rows)
+    assert (out / "final" / "config.json").is_file() and (out / "resolved_config.yaml").is_file()
+    assert "ai_labels/pairs" in (out / "report.html").read_text()
+    assert_report_references_only_existing_files(out)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one of judge_model, judge_url or judge (got: none)"),
+    (["judge=tests.train.tasks:has_good"], "judge: 'tests.train.tasks:has_good' has no prefer("),
+    (["judge_url=http://127.0.0.1:9/v1"], "judge_name: required with judge_url"),
+    (["judge_model=/no/such/judge"], "judge_model: no such file or directory"),
+    (["judge=tests.train.tasks:GoodWordJudge", "samples_per_prompt=3"], "samples_per_prompt must be even"),
+    (["judge=tests.train.tasks:GoodWordJudge", "rlaif_method=ppo"], "rlaif_method: 'ppo' is not one of reward, dpo"),
+    (["judge=tests.train.tasks:GoodWordJudge", "judge_api_key_env=ALIGNKIT_NO_SUCH_KEY"],
+     "'ALIGNKIT_NO_SUCH_KEY' is not set"),
+])
+def test_rlaif_bad_settings_exit_2(args, message, tiny_dir, tmp_path, capsys):
+    assert main(["rlaif", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}", *args,
+                 f"output_dir={tmp_path / 'x'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     assert main(["generate", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}", "n=2",
@@ -161,3 +196,32 @@ def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
     assert main(["bon", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
                  "reward_fn=tests.train.tasks:has_good", "n=0", f"output_dir={tmp_path / 'bad'}"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_classic_commands_run_and_write_their_run_directory(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["classic", "gridworld", "gamma=0.9", "solver=policy_iteration", f"output_dir={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.dumps(summary)  # written and parseable
+    assert "0.900" in capsys.readouterr().out  # V*(3,3) = 0.9 in the printed table (seed 004)
+    assert "values.png" in assert_report_references_only_existing_files(out)
+    assert (out / "resolved_config.yaml").is_file()
+    out = tmp_path / "bandit"
+    assert main(["classic", "bandit", "runs=50", "steps=100", "agents=greedy,eps0.1,ucb2", f"output_dir={out}"]) == 0
+    assert "bandit.png" in assert_report_references_only_existing_files(out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["classic"], "name a command before the options: gridworld, bandit, gym"),
+    (["classic", "chess"], "unknown command 'classic chess'; choose one of classic gridworld"),
+    (["classic", "gridworld", "gama=0.9"], "unknown key 'gama' for 'classic gridworld'; did you mean gamma"),
+    (["classic", "gridworld", "gamma=2"], "gamma must be in [0, 1], got 2.0"),
+    (["classic", "gridworld", "solver=sarsa"], "solver: 'sarsa' is not one of value_iteration, policy_iteration"),
+    (["classic", "bandit", "agents=greedy,psychic"], "psychic"),
+])
+def test_classic_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*argv, f"output_dir={out}"]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err + captured.out
+    assert not out.exists()

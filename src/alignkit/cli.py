@@ -11,6 +11,7 @@ Configs hold values only: nothing in them is executed (a reward function is name
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -73,6 +74,59 @@ class GenerateJob(ModelJob):
                        top_p=self.top_p, n=self.n, seed=self.seed, greedy=self.greedy)
 
 
+@dataclass
+class PromptsJob:
+    prompts_file: str = option("", "prompts (.jsonl with a prompt column) (required)")
+
+
+@dataclass
+class JudgeJob:
+    """Where the AI feedback comes from: give exactly one of judge_model, judge_url or judge."""
+
+    judge_model: str = option("", "AI judge: a local causal LM directory (read with LocalLMJudge)")
+    judge_url: str = option("", "or: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (HTTPChatJudge)")
+    judge_name: str = option("", "the model name the endpoint expects (with judge_url)")
+    judge_api_key_env: str = option("", "name of the environment variable holding the endpoint's API key "
+                                        "(the key itself is never written to the config)")
+    judge: str = option("", "or: a pair judge by import path: an object (or a class built with no arguments) "
+                            "with prefer(prompts, responses_a, responses_b) -> P(a is better)")
+    rubric_file: str = option("", "text file with the judge's rubric / constitution (default: the built-in one)")
+    rlaif_method: str = option("reward", "train a reward model on the AI labels, or the policy itself by DPO",
+                               choices=("reward", "dpo"))
+
+    def validate_judge(self) -> None:
+        given = [k for k in ("judge_model", "judge_url", "judge") if getattr(self, k)]
+        if len(given) != 1:
+            raise UsageError(f"give exactly one of judge_model, judge_url or judge (got: {', '.join(given) or 'none'})")
+        if self.judge_url and not self.judge_name:
+            raise UsageError("judge_name: required with judge_url (the model name the endpoint serves)")
+        if self.judge_api_key_env and self.judge_api_key_env not in os.environ:
+            raise UsageError(f"judge_api_key_env: the environment variable {self.judge_api_key_env!r} is not set")
+        for key in ("judge_model", "rubric_file"):
+            value = getattr(self, key)
+            if value and not Path(value).exists():
+                raise UsageError(f"{key}: no such file or directory {value!r}")
+        if self.judge:
+            try:
+                _pair_judge(self.judge)
+            except (ValueError, ImportError, TypeError) as e:
+                raise UsageError(f"judge: {e}") from None
+
+
+def _pair_judge(spec: str):
+    """The judge object named by import path (a class is built with no arguments)."""
+    import inspect
+
+    from .rewards.base import resolve_import_path
+
+    obj = resolve_import_path(spec, "judge")
+    if inspect.isclass(obj):
+        obj = obj()
+    if not callable(getattr(obj, "prefer", None)):
+        raise TypeError(f"{spec!r} has no prefer(prompts, responses_a, responses_b) method")
+    return obj
+
+
 def _commands() -> dict[str, tuple[type, str]]:
     """command -> (job config class, one-line description). Built lazily to keep ``import`` cheap."""
     from .trainers import BestOfNConfig, DPOConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig, TRPOConfig
@@ -90,8 +144,56 @@ def _commands() -> dict[str, tuple[type, str]]:
         "trpo": (job("TRPOJob", TRPOConfig, OnlineDataJob, ModelJob), "TRPO: KL-constrained natural-gradient steps"),
         "bon": (job("BestOfNJob", BestOfNConfig, OutputJob, OnlineDataJob, ModelJob),
                 "Best-of-N sampling with a reward: win rate, KL bound, chosen completions as SFT data"),
+        "rlaif": (rlaif_job(), "RLAIF: an AI judge labels pairs of policy samples; train a reward model or DPO"),
         "generate": (GenerateJob, "sample completions from a checkpoint"),
     }
+
+
+CLASSIC = {
+    "gridworld": ("alignkit.classic.tabular_cli", "GridworldConfig", "run_gridworld",
+                  "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)"),
+    "bandit": ("alignkit.classic.tabular_cli", "BanditConfig", "run_bandit",
+               "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs"),
+    "gym": ("alignkit.classic.gym_cli", "GymConfig", "run_gym",
+            "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium"),
+}
+"""``alignkit classic <sub>``: (module, config class, runner, description); imported only when used (no
+transformers import for the classic commands)."""
+
+
+def _classic(sub: str) -> tuple[type, object]:
+    import importlib
+
+    module, config, runner, _ = CLASSIC[sub]
+    mod = importlib.import_module(module)
+    return getattr(mod, config), getattr(mod, runner)
+
+
+def _table(command: str) -> dict[str, tuple[type, str]]:
+    """The command table ``command`` belongs to (classic ones are looked up without loading the LM stack)."""
+    if command.startswith("classic "):
+        sub = command.split(" ", 1)[1]
+        if sub not in CLASSIC:
+            raise UsageError(f"unknown command 'classic {sub}'; choose one of classic {', classic '.join(CLASSIC)}")
+        return {command: (_classic(sub)[0], CLASSIC[sub][3])}
+    return _commands()
+
+
+def rlaif_job() -> type:
+    """``alignkit rlaif``: sampling/labelling (RLAIFConfig) + training (RewardConfig or DPOConfig) + judge."""
+    from .trainers import DPOConfig, RewardConfig
+    from .trainers.rlaif import RLAIFConfig
+
+    def validate(self) -> None:
+        self.validate_judge()
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for part in (RLAIFConfig, RewardConfig if self.rlaif_method == "reward" else DPOConfig):
+            config = part(**{f.name: values[f.name] for f in fields(part)})
+            if hasattr(config, "validate"):
+                config.validate()
+
+    bases = (JudgeJob, RLAIFConfig, DPOConfig, RewardConfig, PromptsJob, ModelJob)
+    return dataclass(type("RLAIFJob", bases, {"validate": validate, "__post_init__": lambda self: None}))
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -135,7 +237,7 @@ def _unknown_key(command: str, key: str, known: list[str]) -> UsageError:
 
 def parse_config(command: str, argv: list[str]):
     """Build the job config of ``command`` from ``[--config FILE] [key=value ...]``; raises UsageError."""
-    commands = _commands()
+    commands = _table(command)
     if command not in commands:
         raise UsageError(f"unknown command {command!r}; choose one of {', '.join(sorted(commands))}")
     cls = commands[command][0]
@@ -221,7 +323,7 @@ def _check_required(command: str, config) -> None:
 
 # ------------------------------------------------------------------------------------------ help
 def command_help(command: str) -> str:
-    cls, about = _commands()[command]
+    cls, about = _table(command)[command]
     lines = [f"usage: alignkit {command} [--config preset.yaml] [key=value ...]", "", about, "", "options:"]
     for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()
@@ -234,6 +336,7 @@ def command_help(command: str) -> str:
 
 def main_help() -> str:
     rows = [f"  {name:<10} {about}" for name, (_, about) in _commands().items()]
+    rows.append(f"  {'classic':<10} the foundations: classic gridworld | bandit | gym (alignkit classic --help)")
     rows.append(f"  {'quickstart':<10} the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU")
     return "\n".join(["usage: alignkit <command> [--config preset.yaml] [key=value ...]", "",
                       "Align language models with human and AI feedback.", "", "commands:", *rows, "",
@@ -250,7 +353,25 @@ def _save_resolved(config) -> None:
     (out / "resolved_config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
 
 
+def run_classic(command: str, config) -> None:
+    """Run ``alignkit classic <sub>``: the runner writes its PNGs and summary.json, then report.html."""
+    import html
+
+    from .training.report import write_report
+
+    _save_resolved(config)
+    summary = _classic(command.split(" ", 1)[1])[1](config)
+    out = Path(config.output_dir)
+    flat = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))}
+    sections = [(png.stem.replace("_", " "), f"<img src='{html.escape(png.name)}' alt='{html.escape(png.stem)}'>")
+                for png in sorted(out.glob("*.png"))]
+    write_report(out, title=f"alignkit {command}: {out.resolve().name}", summary=flat, sections=sections)
+
+
 def run(command: str, config) -> None:
+    if command.startswith("classic "):
+        run_classic(command, config)
+        return
     from .data import load_rows, tokenize_preferences, tokenize_sft
     from .models import RewardModel, load_causal_lm, load_tokenizer
 
@@ -286,6 +407,9 @@ def run(command: str, config) -> None:
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     if command == "generate":
         _generate(config, policy, tok, prompts)
+        return
+    if command == "rlaif":
+        _rlaif(config, policy, tok, prompts)
         return
     if config.reward_fn:
         reward = resolve_reward_fn(config.reward_fn)
@@ -338,6 +462,49 @@ def _quickstart(argv: list[str]) -> int:
     return 0
 
 
+def _judge(config):
+    from .models import load_causal_lm, load_tokenizer
+    from .rewards import HTTPChatJudge, LocalLMJudge
+
+    extra = {"rubric": Path(config.rubric_file).read_text()} if config.rubric_file else {}
+    if config.judge:
+        return _pair_judge(config.judge)
+    if config.judge_url:
+        key = os.environ[config.judge_api_key_env] if config.judge_api_key_env else None
+        return HTTPChatJudge(config.judge_url, config.judge_name, api_key=key, **extra)
+    tok = load_tokenizer(config.judge_model, trust_remote_code=config.trust_remote_code)
+    model = load_causal_lm(config.judge_model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
+    return LocalLMJudge(model, tok, **extra)
+
+
+def _rlaif(config, policy, tok, prompts: list[str]) -> None:
+    """Sample pairs, label them with the judge (ai_labels.jsonl), then train a reward model or DPO on them."""
+    import json
+
+    from .generation import KVCacheGenerator
+    from .models import RewardModel
+    from .trainers import DPOConfig, RewardConfig
+    from .trainers.rlaif import RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
+    from .training.report import write_report
+
+    def part(cls):
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    out = Path(config.output_dir)
+    engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
+    labels = label_pairs_with_judge(prompts, tok, engine, _judge(config), part(RLAIFConfig))
+    labels.write_jsonl(out / "ai_labels.jsonl")
+    (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
+    print(json.dumps(labels.counts, indent=2))
+    if config.rlaif_method == "reward":
+        model, train_config = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id), part(RewardConfig)
+    else:
+        model, train_config = policy, part(DPOConfig)
+    train_on_ai_labels(labels, tok, model, config.rlaif_method, train_config)
+    write_report(out, title=f"alignkit rlaif ({config.rlaif_method}): {out.resolve().name}",
+                 summary={f"ai_labels/{k}": v for k, v in labels.counts.items()})
+
+
 def _generate(config, policy, tok, prompts: list[str]) -> None:
     """Write ``completions.jsonl`` ({prompt, completion, finished}) and print the first few."""
     import json
@@ -374,9 +541,19 @@ def main(argv: list[str] | None = None) -> int:
         print(main_help())
         return 0 if argv else USAGE_ERROR
     command, rest = argv[0], argv[1:]
+    if command == "classic":
+        if not rest or rest[0] in ("-h", "--help"):
+            print("usage: alignkit classic <gridworld|bandit|gym> [--config preset.yaml] [key=value ...]\n\n"
+                  "commands:\n" + "\n".join(f"  {k:<10} {v[3]}" for k, v in CLASSIC.items()))
+            return 0 if rest else USAGE_ERROR
+        if "=" in rest[0] or rest[0].startswith("-"):
+            print(f"alignkit classic: error: name a command before the options: {', '.join(CLASSIC)}", file=sys.stderr)
+            return USAGE_ERROR
+        command, rest = f"classic {rest[0]}", rest[1:]
     try:
-        if command not in _commands():
-            raise UsageError(f"unknown command {command!r}; choose one of {', '.join(sorted(_commands()))}")
+        if not command.startswith("classic ") and command not in _commands():
+            raise UsageError(f"unknown command {command!r}; choose one of "
+                             f"{', '.join(sorted([*_commands(), 'classic', 'quickstart']))}")
         if any(a in ("-h", "--help") for a in rest):
             print(command_help(command))
             return 0

@@ -52,3 +52,17 @@ def preference_rows(n, seed=0):
 def has_good(prompts, completions, **columns):
     """A RewardFn named by import path in CLI tests: 1 when the completion contains "good"."""
     return [float("good" in c.split()) for c in completions]
+
+
+class GoodWordJudge:
+    """A pair judge named by import path in CLI tests: prefers the response with more "good" words, then the
+    longer one (P(a better) = sigmoid(difference)); an exact tie is 0.5 and is dropped as unlabelled."""
+
+    def prefer(self, prompts, responses_a, responses_b):
+        import math
+
+        def score(text):
+            words = text.split()
+            return sum(w in GOOD for w in words) + 0.25 * len(words)
+
+        return [1.0 / (1.0 + math.exp(score(b) - score(a))) for a, b in zip(responses_a, responses_b, strict=True)]
