@@ -140,7 +140,7 @@ def test_plot_values_writes_a_png(tmp_path):
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
     ({"slip": 1.0}, r"slip must be in \[0, 1\)"),
-    ({"method": "sarsa"}, "method must be one of value_iteration, policy_iteration"),
+    ({"solver": "sarsa"}, "solver must be one of value_iteration, policy_iteration"),
     ({"gamma": 1.0, "living_reward": 0.1}, "living_reward"),
 ])
 def test_gridworld_config_rejects_bad_values(kwargs, match):
@@ -151,12 +151,12 @@ def test_gridworld_config_rejects_bad_values(kwargs, match):
 def test_gridworld_config_fields_carry_help_for_the_cli():
     for f in fields(GridworldConfig):
         assert f.metadata.get("help"), f"GridworldConfig.{f.name} has no help"
-    assert {f.name: f.metadata.get("choices") for f in fields(GridworldConfig)}["method"] == (
+    assert {f.name: f.metadata.get("choices") for f in fields(GridworldConfig)}["solver"] == (
         "value_iteration", "policy_iteration")
 
 
 def test_run_gridworld_writes_plot_and_summary(tmp_path, capsys):
-    config = GridworldConfig(gamma=1.0, slip=0.2, living_reward=-0.04, method="policy_iteration",
+    config = GridworldConfig(gamma=1.0, slip=0.2, living_reward=-0.04, solver="policy_iteration",
                              output_dir=str(tmp_path / "gw"))
     summary = run_gridworld(config)
     assert (tmp_path / "gw" / "values.png").read_bytes()[:4] == b"\x89PNG"

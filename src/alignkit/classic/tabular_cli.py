@@ -41,7 +41,7 @@ class GridworldConfig:
                 "(0 = deterministic; AIMA uses 0.2)"})
     living_reward: float = field(default=0.0, metadata={
         "help": "reward per move in a non-exit cell (AIMA uses -0.04); exits pay +1 / -1"})
-    method: str = field(default="value_iteration", metadata={
+    solver: str = field(default="value_iteration", metadata={
         "help": "dynamic-programming solver", "choices": tuple(METHODS)})
     output_dir: str = field(default="runs/classic-gridworld", metadata={
         "help": "where values.png and summary.json go"})
@@ -54,8 +54,8 @@ class GridworldConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0.0 <= self.slip < 1.0:
             raise ValueError(f"slip must be in [0, 1), got {self.slip}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.solver not in METHODS:
+            raise ValueError(f"solver must be one of {', '.join(METHODS)}, got {self.solver!r}")
         if self.gamma == 1.0 and self.living_reward > 0:
             raise ValueError(f"living_reward={self.living_reward} > 0 with gamma=1 has no finite optimal value "
                              "(bump into a wall forever and collect it); use gamma < 1 or living_reward <= 0")
@@ -72,9 +72,9 @@ def run_gridworld(config: GridworldConfig) -> dict:
     config.validate()
     mdp = make_gridworld(gamma=config.gamma, slip=config.slip, living_reward=config.living_reward)
     t0 = time.perf_counter()
-    V, policy, iterations = METHODS[config.method](mdp)
+    V, policy, iterations = METHODS[config.solver](mdp)
     seconds = time.perf_counter() - t0
-    title = (f"grid world, {config.method.replace('_', ' ')}: gamma={config.gamma:g}, slip={config.slip:g}, "
+    title = (f"grid world, {config.solver.replace('_', ' ')}: gamma={config.gamma:g}, slip={config.slip:g}, "
              f"living reward={config.living_reward:g}")
     print(title)
     print(format_values(V))
