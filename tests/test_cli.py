@@ -225,3 +225,30 @@ def test_classic_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, c
     captured = capsys.readouterr()
     assert message in captured.err + captured.out
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_cli_on_two_processes(tiny_dir, tmp_path):
+    """Scaling out is `accelerate launch ... -m alignkit.cli <command>`: two CPU processes (gloo) give the losses
+    of one process, and only the main process writes the run directory."""
+    import os
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    args = [f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "batch_size=4", "max_steps=3",
+            "max_length=32", "progress=false", "tensorboard=false"]
+    assert main(["sft", *args, f"output_dir={tmp_path / 'one'}"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launch = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+              "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m", "alignkit.cli", "sft"]
+    done = subprocess.run([*launch, *args, f"output_dir={tmp_path / 'two'}"], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    assert len(losses("two")) == 3
+    assert losses("two") == pytest.approx(losses("one"), abs=1e-5)
+    assert (tmp_path / "two" / "final" / "config.json").is_file()
+    assert_report_references_only_existing_files(tmp_path / "two")
