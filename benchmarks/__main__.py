@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.common import NOISY_FRACTION, contention, cpu_snapshot, machine_info, write_json
 
 SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training",
-          "online": "benchmarks.online"}
+          "online": "benchmarks.online", "classic": "benchmarks.classic"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

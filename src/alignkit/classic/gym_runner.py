@@ -364,7 +364,15 @@ def run_gym(config: GymConfig) -> dict:
     pref_ppo adds pref_labels and pref_heldout_agreement (last update).
     """
     config.validate()
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: GymConfig) -> dict:
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
