@@ -108,17 +108,32 @@ def test_every_shipped_preset_parses_for_its_command(preset, tiny_dir, tmp_path)
     text = preset.read_text()
     assert text.startswith("# ") and "# Launch: alignkit" in text and "# Tested on:" in text
     command = data["method"]
-    required = {"model": tiny_dir / "model", "output_dir": tmp_path / "run"}
+    required = {"output_dir": tmp_path / "run"}
+    if not command.startswith("classic "):
+        required["model"] = tiny_dir / "model"
     if command in ("sft", "reward", "dpo"):
         required["train_file"] = tiny_dir / "sft.jsonl"
-    else:
+    elif command in ("reinforce", "ppo", "trpo", "bon", "rlaif", "generate"):
         required["prompts_file"] = tiny_dir / "prompts.jsonl"
-        if "reward_fn" not in data:
-            required["reward_fn"] = "tests.train.tasks:has_good"
+    if command in ("reinforce", "ppo", "trpo", "bon") and "reward_fn" not in data:
+        required["reward_fn"] = "tests.train.tasks:has_good"
+    if command == "rlaif":
+        required["judge"] = "tests.train.tasks:GoodWordJudge"
     config = parse_config(command, ["--config", str(preset), *(f"{k}={v}" for k, v in required.items())])
     for key, value in data.items():
-        if key != "method":
+        if key not in ("method", "output_dir"):
             assert getattr(config, key) == value, key
+
+
+def test_every_command_has_a_preset():
+    import yaml
+
+    from alignkit.cli import CLASSIC, _commands
+
+    presets = {yaml.safe_load(p.read_text())["method"]
+               for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
+    wanted = set(_commands()) | {f"classic {sub}" for sub in CLASSIC}
+    assert wanted <= presets, f"no preset for {sorted(wanted - presets)}"
 
 
 @pytest.mark.slow

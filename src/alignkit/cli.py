@@ -154,7 +154,7 @@ CLASSIC = {
                   "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)"),
     "bandit": ("alignkit.classic.tabular_cli", "BanditConfig", "run_bandit",
                "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs"),
-    "gym": ("alignkit.classic.gym_cli", "GymConfig", "run_gym",
+    "gym": ("alignkit.classic.gym_runner", "GymConfig", "run_gym",
             "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium"),
 }
 """``alignkit classic <sub>``: (module, config class, runner, description); imported only when used (no
