@@ -41,3 +41,48 @@ def test_core_imports_with_transformers_blocked():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) > 20
+
+
+def _alignkit_imports(path: pathlib.Path) -> set[str]:
+    """alignkit subpackages a module imports, absolute or relative (``from ..core import x`` -> "core")."""
+    tree = ast.parse(path.read_text())
+    package = path.relative_to(SRC).parts[:-1]  # e.g. ("classic", "agents")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                target = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.startswith("alignkit."):
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            found.add(target[0] if target else "")
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("alignkit."))
+    return found
+
+
+def test_classic_imports_only_core_from_alignkit():
+    allowed_external = {"torch", "numpy", "gymnasium", "matplotlib", "__future__"}
+    stdlib = set(sys.stdlib_module_names)
+    for path in (SRC / "classic").rglob("*.py"):
+        inside = _alignkit_imports(path) - {"classic", "core"}
+        assert not inside, f"{path.relative_to(SRC)} imports alignkit.{inside}; alignkit.classic uses only core"
+        external = _imports(path) - stdlib - allowed_external - {"alignkit"}
+        assert not external, f"{path.relative_to(SRC)} imports {external}"
+
+
+def test_classic_imports_with_transformers_blocked():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('transformers', 'accelerate', 'peft', 'datasets'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import alignkit.classic.gym_runner, alignkit.classic.tabular_cli\n"
+        "assert not any(m.startswith('alignkit.') and m.split('.')[1] not in ('classic', 'core') for m in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
