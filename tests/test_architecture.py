@@ -82,7 +82,8 @@ def test_classic_imports_with_transformers_blocked():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import alignkit.classic.gym_runner, alignkit.classic.tabular_cli\n"
-        "assert not any(m.startswith('alignkit.') and m.split('.')[1] not in ('classic', 'core') for m in sys.modules)\n"
+        "bad = [m for m in sys.modules if m.startswith('alignkit.') and m.split('.')[1] not in ('classic', 'core')]\n"
+        "assert not bad, bad\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -136,26 +136,54 @@ def test_every_command_has_a_preset():
     assert wanted <= presets, f"no preset for {sorted(wanted - presets)}"
 
 
+TINY_PRESETS = {  # a few steps of each command on the tiny model: the presets the end-to-end test runs
+    "sft": {"batch_size": 4, "max_steps": 2, "max_length": 32},
+    "reward": {"batch_size": 4, "max_steps": 2, "max_length": 32},
+    "dpo": {"batch_size": 4, "max_steps": 2, "max_length": 32},
+    **{online: {"reward_fn": "tests.train.tasks:has_good", "num_steps": 1, "prompts_per_step": 4,
+                "samples_per_prompt": 2, "max_new_tokens": 3, "num_minibatches": 1}
+       for online in ("reinforce", "ppo", "trpo")},
+    "bon": {"reward_fn": "tests.train.tasks:has_good", "n": 2, "max_new_tokens": 3},
+    "rlaif": {"judge": "tests.train.tasks:GoodWordJudge", "max_new_tokens": 4, "batch_size": 4, "max_steps": 1,
+              "max_length": 32},
+    "generate": {"n": 1, "max_new_tokens": 3},
+    "classic gridworld": {"gamma": 0.9},
+    "classic bandit": {"runs": 20, "steps": 50},
+    "classic gym": {"algo": "ppo", "total_steps": 512, "num_envs": 2, "num_steps": 128, "eval_episodes": 1},
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["sft", "reward", "dpo", "reinforce", "ppo", "trpo"])
-def test_every_command_runs_end_to_end_and_writes_its_run_directory(command, tiny_dir, tmp_path):
-    out = tmp_path / command
-    if command in ("sft", "reward", "dpo"):
-        data = tiny_dir / ("sft.jsonl" if command == "sft" else "pairs.jsonl")
-        args = [f"train_file={data}", "batch_size=4", "max_steps=2", "max_length=32"]
-    else:
-        args = [f"prompts_file={tiny_dir / 'prompts.jsonl'}", "reward_fn=tests.train.tasks:has_good", "num_steps=1",
-                "prompts_per_step=4", "samples_per_prompt=2", "max_new_tokens=3", "num_minibatches=1"]
-    assert main([command, f"model={tiny_dir / 'model'}", *args, f"output_dir={out}", "progress=false"]) == 0
-    assert (out / "resolved_config.yaml").is_file() and (out / "metrics.jsonl").is_file()
-    assert (out / "final" / "config.json").is_file()
-    assert any((out / "tensorboard").iterdir())
+@pytest.mark.parametrize("command", list(TINY_PRESETS))
+def test_every_command_runs_end_to_end_on_a_tiny_preset(command, tiny_dir, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({"method": command, **TINY_PRESETS[command]}))
+    data = {"sft": "sft.jsonl", "reward": "pairs.jsonl", "dpo": "pairs.jsonl"}
+    args = [] if command.startswith("classic") else [f"model={tiny_dir / 'model'}"]
+    if command in data:
+        args.append(f"train_file={tiny_dir / data[command]}")
+    elif not command.startswith("classic"):
+        args.append(f"prompts_file={tiny_dir / 'prompts.jsonl'}")
+    if command in TINY_PRESETS and not command.startswith("classic") and command not in ("bon", "generate"):
+        args.append("progress=false")
+    assert main([*command.split(), "--config", str(preset), *args, f"output_dir={out}"]) == 0
+    assert (out / "resolved_config.yaml").is_file()
     refs = assert_report_references_only_existing_files(out)
-    assert "plots/losses.png" in refs or command == "trpo"  # TRPO has no policy loss, only its critic's
-    assert any(r.startswith("plots/") for r in refs)
+    assert any(r.endswith(".png") for r in refs) or command in ("bon", "generate")
+    if command.startswith("classic"):
+        assert (out / "summary.json").is_file()
+        return
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert samples and all("prompt" in s and "step" in s for s in samples)
-    assert all(("completion" in s) != (command == "reward") for s in samples)  # the RM shows scored pairs
+    assert all(("completion" in s) != (command in ("reward", "rlaif")) for s in samples)  # RMs show scored pairs
+    if command in ("bon", "generate"):
+        return
+    assert (out / "metrics.jsonl").is_file() and (out / "final" / "config.json").is_file()
+    assert any((out / "tensorboard").iterdir())
+    assert "plots/losses.png" in refs or command == "trpo"  # TRPO has no policy loss, only its critic's
 
 
 @pytest.mark.slow

@@ -84,3 +84,16 @@ def test_report_renders_in_headless_chromium_with_its_plots_loaded(tmp_path):
     # not blank: many distinct colours and plenty of non-white pixels (text, axes, lines)
     assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
     assert (pixels.mean(-1) < 0.9).mean() > 0.02
+
+
+def test_text_fields_and_environment_steps_are_handled(tmp_path):
+    # classic agents log {"global_step", "phase": "train", ...}: text stays text, global_step is the x axis
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"global_step": 512 * i, "phase": "train", "episodic_return": 10.0 * i, "policy_loss": 1.0 / i}
+            for i in range(1, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_metrics(run / "metrics.jsonl")[0]["phase"] == "train"
+    page = write_report(run).read_text()
+    assert "steps 512 to 2048" in page
+    assert "plots/losses.png" in assert_report_references_only_existing_files(run)

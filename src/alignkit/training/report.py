@@ -63,8 +63,16 @@ def read_metrics(path: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
-        records.append({k: float(v) if isinstance(v, str) and k != "step" else v for k, v in record.items()})
+        records.append({k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in record.items()})
     return records
+
+
+_NON_FINITE = ("nan", "inf", "-inf", "NaN", "Infinity", "-Infinity")  # how MetricsLogger writes them
+
+
+def _step_of(record: dict):
+    """The x value of a record: ``step`` (trainers) or ``global_step`` (classic agents: environment steps)."""
+    return record.get("step", record.get("global_step"))
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -87,11 +95,11 @@ def _series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
     """``{key: (steps, values)}`` for every numeric metric, in first-seen order."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in records:
-        step = r.get("step")
+        step = _step_of(r)
         if step is None:
             continue
         for k, v in r.items():
-            if k in ("step", "time_s") or not isinstance(v, (int, float)) or isinstance(v, bool):
+            if k in ("step", "global_step", "time_s") or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             xs, ys = series.setdefault(k, ([], []))
             xs.append(float(step))
@@ -236,9 +244,10 @@ def write_report(
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if records:
-        steps = [r["step"] for r in records if "step" in r]
-        parts.append(f"<h2>Metrics</h2><p class='muted'>{len(records)} records, steps {min(steps)} to "
-                     f"{max(steps)}, from metrics.jsonl</p>" + _table(_summary_rows(records)))
+        steps = [x for x in map(_step_of, records) if x is not None]
+        span = f", steps {min(steps)} to {max(steps)}" if steps else ""
+        parts.append(f"<h2>Metrics</h2><p class='muted'>{len(records)} records{span}, from metrics.jsonl</p>"
+                     + _table(_summary_rows(records)))
         for group, path in plot_metrics(records, run_dir / "plots"):
             rel = path.relative_to(run_dir).as_posix()
             parts.append(f"<h3>{html.escape(group.title)}</h3><img src='{html.escape(rel)}' "
