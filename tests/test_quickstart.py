@@ -6,11 +6,15 @@ import pytest
 
 from alignkit.cli import main
 from alignkit.quickstart import QuickstartConfig, gold_score, run_quickstart
+from tests.report_checks import assert_report_references_only_existing_files
 
 
 def test_gold_scorer_hand_computed():
-    # 2 positive - 1 negative over sqrt(4 words) = 0.5
+    # 2 distinct positive - 1 negative over sqrt(4 words) = 0.5
     assert gold_score("good dog bad great") == pytest.approx(0.5)
+    # a repeated positive word counts once and each repetition costs 0.5: (1 - 1.5) / sqrt(4) = -0.25
+    assert gold_score("great great great great") == pytest.approx(-0.25)
+    assert gold_score("good great kind") == pytest.approx(math.sqrt(3))
     assert gold_score("") == 0.0
 
 
@@ -21,15 +25,23 @@ def test_short_budget_quickstart_runs_through_the_cli(tmp_path, capsys):
     assert "gold score" in out and "PPO, no KL" in out
     for run in ("sft", "reward", "ppo", "ppo_no_kl", "dpo"):
         assert (tmp_path / run / "metrics.jsonl").is_file() and (tmp_path / run / "final").is_dir()
+        assert_report_references_only_existing_files(tmp_path / run)
+    refs = assert_report_references_only_existing_files(tmp_path)
+    assert {"sft/report.html", "ppo/report.html", "dpo/report.html", "ppo/plots/score.png"} <= set(refs)
+    page = (tmp_path / "report.html").read_text()
+    assert "PPO, no KL" in page and "gold score" in page
     assert main(["quickstart", "ppo_stepz=3"]) == 2
 
 
 @pytest.mark.slow
-def test_default_quickstart_improves_the_gold_score(tmp_path):
-    # measured (seed 0): gold SFT 0.13 -> PPO 1.06 (KL 9.0) and DPO 0.97; PPO without KL drifts further
+def test_default_quickstart_improves_the_gold_score_and_shows_over_optimisation(tmp_path):
+    # measured (seed 0, `alignkit quickstart`): gold SFT 0.074 -> PPO 0.704 (KL 10.5), DPO 0.680; PPO without
+    # the KL penalty: learnt reward 5.36 (PPO: 3.99) but gold -0.334 (it repeats positive words)
     result = run_quickstart(QuickstartConfig(output_dir=str(tmp_path)), log=lambda *_: None)
     table = result["table"]
     assert all(math.isfinite(v) for row in table.values() for k, v in row.items() if k != "samples")
-    assert table["PPO"]["gold"] > table["SFT"]["gold"] + 0.5
+    assert table["PPO"]["gold"] > table["SFT"]["gold"] + 0.4
     assert table["DPO"]["gold"] > table["SFT"]["gold"] + 0.3
-    assert table["PPO, no KL"]["kl"] > table["PPO"]["kl"]
+    no_kl, ppo = table["PPO, no KL"], table["PPO"]
+    assert no_kl["kl"] > ppo["kl"]
+    assert no_kl["learnt_reward"] > ppo["learnt_reward"] and no_kl["gold"] < ppo["gold"] - 0.4  # over-optimisation

@@ -2,15 +2,18 @@
 
 The task (everything is built here; nothing is downloaded):
   * a small vocabulary of neutral, positive and negative words; prompts are short neutral phrases;
-  * the *gold* scorer stands in for human labellers: it prefers replies with more positive and fewer
-    negative words (+1 per positive, -1 per negative word, length-normalised); no trainer sees it except
-    through the preference labels it produces;
+  * the *gold* scorer stands in for human labellers: it prefers replies with more distinct positive words,
+    fewer negative words and no repetitions (+1 per distinct positive word, -1 per negative word, -0.5 per
+    repeated word, length-normalised); no trainer sees it except through the preference labels it produces;
   * the base model is a tiny Llama whose SFT data are replies drawn uniformly from the vocabulary, so
     the SFT policy is indifferent to sentiment.
 Pipeline (seeds 001-003): SFT -> sample pairs from the SFT policy -> the gold scorer labels them by
 Bradley-Terry -> reward model -> PPO against the learnt reward with a KL penalty to the SFT policy; DPO on
-the same pairs for comparison. The table reports the gold score, the learnt reward and the KL to the SFT
-policy for each model, and a few completions before and after.
+the same pairs for comparison. A second PPO run without the KL penalty shows reward over-optimisation
+(Gao et al. 2022): its learnt reward climbs higher while its gold score falls, because it repeats the
+positive words the reward model pays for and the gold scorer penalises repetition. The table reports the gold
+score, the learnt reward and the KL to the SFT policy for each model, and a few completions before and
+after; ``report.html`` in the output directory shows the same with the training curves of each stage.
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ NEGATIVE = "bad sad dark cruel awful cold poor ugly".split()
 
 
 def gold_score(text: str) -> float:
-    """The hidden labeller: (#positive - #negative words) / sqrt(#words); 0 for an empty reply."""
+    """The hidden labeller: (#distinct positive - #negative - 0.5 #repeated words) / sqrt(#words); 0 if empty.
+
+    Like a person, it likes kind words but not the same word over and over: "good dog bad great" scores
+    (2 - 1 - 0) / sqrt(4) = 0.5, "great great great great" (1 - 0 - 1.5) / sqrt(4) = -0.25. Replies
+    sampled from the SFT policy rarely repeat a word, so the preference pairs hardly show the repetition
+    term and a reward model learnt from them cannot know it: the gap that reward over-optimisation (PPO
+    without its KL penalty, repeating the words the reward model pays for) exploits.
+    """
     words = text.split()
     if not words:
         return 0.0
-    return (sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)) / math.sqrt(len(words))
+    distinct_positive = len({w for w in words if w in POSITIVE})
+    negative = sum(w in NEGATIVE for w in words)
+    repeated = len(words) - len(set(words))
+    return (distinct_positive - negative - 0.5 * repeated) / math.sqrt(len(words))
 
 
 def gold_reward(prompts, completions, **_):
@@ -121,9 +134,10 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
                 for p in _prompts(rng, 512)]
     policy = _model(tok, cfg.seed)
     common = dict(progress=False, tensorboard=True, seed=cfg.seed)
+    offline = dict(common, sample_max_new_tokens=cfg.max_new_tokens)
     log(f"[1/4] SFT: {cfg.sft_steps} steps on {len(sft_rows)} replies of random words")
     SFTTrainer(SFTConfig(output_dir=str(out / "sft"), batch_size=32, max_steps=cfg.sft_steps, learning_rate=3e-3,
-                         max_length=32, **common),
+                         max_length=32, **offline),
                policy, tokenize_sft(load_rows(sft_rows, format="prompt_completion"), tok, 32), tokenizer=tok).train()
     sft_policy = copy.deepcopy(policy)
 
@@ -146,7 +160,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     log(f"[3/4] reward model: {cfg.reward_steps} steps on {split} pairs ({len(pref) - split} held out)")
     rm = RewardModel.from_causal_lm(copy.deepcopy(sft_policy), pad_token_id=tok.pad_token_id)
     rm_trainer = RewardTrainer(RewardConfig(output_dir=str(out / "reward"), batch_size=32, max_steps=cfg.reward_steps,
-                                            learning_rate=1e-3, **common), rm, pref[:split], pref[split:],
+                                            learning_rate=1e-3, **offline), rm, pref[:split], pref[split:],
                                tokenizer=tok)
     rm_trainer.train()
     rm_accuracy = rm_trainer.evaluate().get("eval/accuracy", float("nan"))
@@ -164,7 +178,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
                    ppo[name], tok, train_prompts, scorer, reference=make_reference(sft_policy)).train()
     dpo_policy = copy.deepcopy(sft_policy)
     DPOTrainer(DPOConfig(output_dir=str(out / "dpo"), batch_size=32, max_steps=cfg.dpo_steps, learning_rate=3e-3,
-                         beta=0.1, **common), dpo_policy, pref[:split], tokenizer=tok).train()
+                         beta=0.1, **offline), dpo_policy, pref[:split], tokenizer=tok).train()
 
     eval_prompts = _prompts(random.Random(cfg.seed + 1), cfg.eval_prompts)
     reference = make_reference(sft_policy)
@@ -181,5 +195,38 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
         log(f"\n{name} samples:")
         for prompt, completion in table[name]["samples"]:
             log(f"  {prompt!r} -> {completion!r}")
-    log(f"\ndone in {result['seconds']:.0f} s; runs under {out}/")
+    report = _write_report(out, result, rm_accuracy, len(pref) - split)
+    log(f"\ndone in {result['seconds']:.0f} s; runs under {out}/; report: {report}")
     return result
+
+
+STAGES = (("sft", "SFT"), ("reward", "Reward model"), ("ppo", "PPO (KL penalty)"), ("ppo_no_kl", "PPO, no KL"),
+          ("dpo", "DPO"))
+
+
+def _write_report(out: Path, result: dict, rm_accuracy: float, held_out: int) -> Path:
+    """``<out>/report.html``: the table, samples before/after, the PPO curves, links to each stage's report."""
+    import html
+
+    from .training.report import write_report
+
+    table = result["table"]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{row['gold']:.3f}</td><td>{row['learnt_reward']:.3f}</td>"
+                   f"<td>{row['kl']:.3f}</td></tr>" for name, row in table.items())
+    sections = [("Gold score, learnt reward and KL to the SFT policy",
+                 "<table><thead><tr><th>policy</th><th>gold score</th><th>learnt reward</th><th>KL to SFT</th>"
+                 f"</tr></thead><tbody>{rows}</tbody></table><p>reward model held-out accuracy "
+                 f"{rm_accuracy:.2f} on {held_out} gold-labelled pairs</p>")]
+    samples = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(p)}</td><td>{html.escape(c)}</td></tr>"
+                      for name in table for p, c in table[name]["samples"])
+    sections.append(("Sample completions", "<table><thead><tr><th>policy</th><th>prompt</th><th>completion</th>"
+                                           f"</tr></thead><tbody>{samples}</tbody></table>"))
+    for stage, title in STAGES[2:4]:
+        for plot in ("score", "kl"):
+            if (out / stage / "plots" / f"{plot}.png").exists():
+                sections.append((f"{title}: {plot}", f"<img src='{stage}/plots/{plot}.png' alt='{title} {plot}'>"))
+    links = "".join(f"<li><a href='{stage}/report.html'>{html.escape(title)}</a></li>" for stage, title in STAGES
+                    if (out / stage / "report.html").exists())
+    sections.append(("Reports of each stage", f"<ul>{links}</ul>"))
+    return write_report(out, title="alignkit quickstart", sections=sections,
+                        summary={"seconds": round(result["seconds"], 1), "preference pairs": result["pairs"]})
