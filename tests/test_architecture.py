@@ -26,20 +26,25 @@ def test_core_imports_only_torch_and_the_standard_library():
         assert not extra, f"{path.name} imports {extra}; alignkit.core is torch only"
 
 
-def test_core_imports_with_transformers_blocked():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('transformers', 'accelerate', 'peft', 'datasets'):\n"
-        "            raise ImportError('blocked ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import alignkit.core as c\n"
-        "assert 'transformers' not in sys.modules\n"
-        "print(len(c.__all__))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+BLOCK_LM_STACK = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('transformers', 'accelerate', 'peft', 'datasets'):\n"
+    "            raise ImportError('blocked ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing transformers / accelerate / peft / datasets fails."""
+    out = subprocess.run([sys.executable, "-c", BLOCK_LM_STACK + code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_core_imports_with_transformers_blocked():
+    out = _run_blocked("import alignkit.core as c\nassert 'transformers' not in sys.modules\nprint(len(c.__all__))\n")
     assert int(out.stdout.strip()) > 20
 
 
@@ -74,16 +79,8 @@ def test_classic_imports_only_core_from_alignkit():
 
 
 def test_classic_imports_with_transformers_blocked():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('transformers', 'accelerate', 'peft', 'datasets'):\n"
-        "            raise ImportError('blocked ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    _run_blocked(
         "import alignkit.classic.gym_runner, alignkit.classic.tabular_cli\n"
         "bad = [m for m in sys.modules if m.startswith('alignkit.') and m.split('.')[1] not in ('classic', 'core')]\n"
         "assert not bad, bad\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
