@@ -295,13 +295,11 @@ def run_testbed(agents: str | Sequence[str | Agent], k: int = 10, runs: int = 20
 def plot_bandit_curves(results: dict[str, BanditResult] | Sequence[BanditResult], path: str | Path,
                        title: str = "") -> Path:
     """Write a PNG with two panels, like S&B Fig. 2.2: average reward and % optimal action against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
     items = list(results.values()) if isinstance(results, dict) else list(results)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    fig = Figure(figsize=(8, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for res in items:
         steps = np.arange(1, len(res.avg_reward) + 1)
         top.plot(steps, res.avg_reward, label=res.label, linewidth=1)
@@ -316,5 +314,4 @@ def plot_bandit_curves(results: dict[str, BanditResult] | Sequence[BanditResult]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -158,9 +158,7 @@ def plot_values(V: np.ndarray, policy: np.ndarray, path: str | Path, title: str 
         the path written.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
     V = np.asarray(V, dtype=np.float64)
     policy = np.asarray(policy)
@@ -172,7 +170,8 @@ def plot_values(V: np.ndarray, policy: np.ndarray, path: str | Path, title: str 
     limit = max(1e-12, float(np.nanmax(np.abs(grid))))
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="dimgray")  # the wall (NaN) in grey
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-limit, vmax=limit)
     for s, (c, r) in enumerate(CELLS):
         x, y = c - 1, ROWS - r
@@ -190,5 +189,4 @@ def plot_values(V: np.ndarray, policy: np.ndarray, path: str | Path, title: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -272,12 +272,10 @@ class _MetricsLog:
 
 
 def _plot(rows: list[dict], summary: dict, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_ret, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_ret, ax_loss = fig.subplots(1, 2)
     rl = [r for r in rows if r["phase"] in ("train", "expert") and r["return_mean_last20"] is not None]
     if rl:
         label = "expert (PPO) training return" if rl[0]["phase"] == "expert" else "training return"
@@ -307,7 +305,6 @@ def _plot(rows: list[dict], summary: dict, path: Path) -> None:
     ax_loss.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _train(config: GymConfig, log: _MetricsLog, phase: str):

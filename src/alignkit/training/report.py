@@ -121,10 +121,7 @@ def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12
     with a single point are drawn as a marker. Non-finite points are left out of the line (they stay in
     metrics.jsonl).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
     plot_dir = Path(plot_dir)
     grouped: dict[str, list[tuple[str, list[float], list[float]]]] = {}
@@ -142,7 +139,8 @@ def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12
             continue
         cols = min(3, len(panels))
         rows = math.ceil(len(panels) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+        fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (key, xs, ys) in zip(axes.flat, panels, strict=False):
             ax.plot(xs, ys, marker="o" if len(xs) < 3 else None, linewidth=1.5, markersize=3)
             ax.set_title(key, fontsize=10)
@@ -156,7 +154,6 @@ def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12
         plot_dir.mkdir(parents=True, exist_ok=True)
         path = plot_dir / f"{group.name}.png"
         fig.savefig(path, dpi=80)
-        plt.close(fig)
         written.append((group, path))
     return written
 
