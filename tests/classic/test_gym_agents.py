@@ -269,3 +269,18 @@ def test_ppo_learns_cartpole(tmp_path):
     summary = run_gym(GymConfig(algo="ppo", seed=1, total_steps=50_000, eval_episodes=20,
                                 output_dir=str(tmp_path)))
     assert summary["final_eval_return_mean"] > 150, summary
+
+
+def test_tied_segments_are_equally_preferable_and_stored_in_both_orders():
+    """Christiano et al. 2017, section 2.2.3: equally preferable segments get mu uniform; in both orders their
+    BT loss 1/2[-log sigma(d) - log sigma(-d)] has gradient sigma(d) - 1/2, pulling d to 0."""
+    from alignkit.classic.agents.preference import Segments
+
+    length = 3
+    returns = torch.tensor([3.0, 1.0, 2.0, 3.0, 2.0, 2.0])  # pairs (0,3) tie, (1,4) 2 beats 1, (2,5) tie
+    segments = Segments(torch.arange(6.0)[:, None, None].expand(6, length, 4).clone(),
+                        torch.zeros(6, length, dtype=torch.long), torch.ones(6, length), returns)
+    chosen, rejected, flipped = split_pairs(segments, temperature=0.0)
+    pairs = sorted(zip(chosen.obs[:, 0, 0].tolist(), rejected.obs[:, 0, 0].tolist(), strict=True))
+    assert pairs == [(0.0, 3.0), (2.0, 5.0), (3.0, 0.0), (4.0, 1.0), (5.0, 2.0)]  # ties twice, 4 beats 1 once
+    assert flipped == 0.0

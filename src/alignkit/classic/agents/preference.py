@@ -10,7 +10,12 @@ with a synthetic labeller as in their section 3.1; seed 001 Bradley-Terry):
    cross a time-limit truncation or the rollout's end are not drawn (their continuation is unknown).
 2. Synthetic labels: segment A is preferred to B with probability sigma((R_A - R_B) / temperature), R the
    TRUE undiscounted segment return (Bradley-Terry on the true returns; temperature -> 0 is the paper's
-   noiseless oracle). Pairs go into a FIFO buffer of ``buffer_size`` pairs.
+   noiseless oracle). A pair with *equal* true returns is "equally preferable" (the paper's section 2.2.3:
+   mu uniform over {1, 2}): it enters the buffer in both orders, so its BT loss is
+   1/2 [-log sigma(d) - log sigma(-d)], which pulls the predicted difference d to 0, instead of one
+   coin-flip label. Once a good CartPole policy survives every segment, nearly all pairs tie; coin flips then
+   filled the buffer with noise and one seed in three collapsed (docs/benchmarks.md). Pairs go into a FIFO
+   buffer of ``buffer_size`` pairs (a tied pair counts twice).
 3. Reward model r_hat(s, a) (an MLP, :class:`~.networks.RewardNet`) trained with
    :func:`alignkit.core.bradley_terry_loss` on the summed predicted rewards of the two segments
    (P[A > B] = sigma(sum_A r_hat - sum_B r_hat), the paper's eq. 1): ``reward_updates`` Adam steps on
@@ -163,13 +168,16 @@ def ordering_agreement(reward_net: RewardNet, a: Segments, b: Segments) -> float
 
 
 def split_pairs(segments: Segments, temperature: float) -> tuple[Segments, Segments, float]:
-    """Pair segment 2i with 2i+1, label by :func:`synthetic_preferences`; returns (chosen, rejected,
-    share of labels that contradict the true order among non-tied pairs, NaN if all tie)."""
+    """Pair segment i with i + S/2, label by :func:`synthetic_preferences`; a tied pair (equal true returns) is
+    returned in both orders (equally preferable, see the module docstring). Returns (chosen, rejected, share
+    of labels that contradict the true order among non-tied pairs, NaN if all tie)."""
     half = len(segments) // 2
-    a, b = segments.take(torch.arange(half)), segments.take(torch.arange(half, 2 * half))
-    prefer_a = synthetic_preferences(a.true_return, b.true_return, temperature)
-    chosen_idx = torch.where(prefer_a, torch.arange(half), torch.arange(half, 2 * half))
-    rejected_idx = torch.where(prefer_a, torch.arange(half, 2 * half), torch.arange(half))
+    first, second = torch.arange(half), torch.arange(half, 2 * half)
+    a, b = segments.take(first), segments.take(second)
+    tie = a.true_return == b.true_return
+    prefer_a = synthetic_preferences(a.true_return, b.true_return, temperature) | tie  # a tie: (a, b) and (b, a)
+    chosen_idx = torch.cat([torch.where(prefer_a, first, second), second[tie]])
+    rejected_idx = torch.cat([torch.where(prefer_a, second, first), first[tie]])
     chosen, rejected = segments.take(chosen_idx), segments.take(rejected_idx)
     distinct = chosen.true_return != rejected.true_return
     flipped = float((chosen.true_return < rejected.true_return)[distinct].float().mean()) if distinct.any() else \
@@ -235,7 +243,7 @@ class PreferencePPOAgent:
             metrics["pref_heldout_agreement"] = ordering_agreement(self.reward_net, chosen, rejected)
             metrics["pref_label_flip_rate"] = flipped
             self.buffer.add(chosen, rejected)
-            self.labels += len(chosen)
+            self.labels += len(segments) // 2  # pairs shown to the labeller (a tie is stored twice)
         metrics["pref_labels"] = float(self.labels)
         if len(self.buffer):
             metrics.update(train_reward_model(self.reward_net, self.reward_optimiser, self.buffer,
