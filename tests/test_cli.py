@@ -261,6 +261,9 @@ def test_classic_commands_run_and_write_their_run_directory(tmp_path, capsys):
     (["classic", "gridworld", "gamma=2"], "gamma must be in [0, 1], got 2.0"),
     (["classic", "gridworld", "solver=sarsa"], "solver: 'sarsa' is not one of value_iteration, policy_iteration"),
     (["classic", "bandit", "agents=greedy,psychic"], "psychic"),
+    (["classic", "gym", "algo=bc", "bc_expert_checkpoint=/no/policy.pt"], "bc_expert_checkpoint: no such file"),
+    (["classic", "gym", "env_id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
+    (["classic", "gym", "algo=qac", "env_id=Pendulum-v1"], "needs a Discrete action space"),
 ])
 def test_classic_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
     out = tmp_path / "run"

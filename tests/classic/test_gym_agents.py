@@ -146,7 +146,9 @@ def test_value_of_time_limited_infinite_horizon_env(mode, bootstrap):
 # ----------------------------------------------------------------------------------------- smoke runs
 
 SMOKE = [(algo, "CartPole-v1") for algo in ALGOS] + [("ppo", "Pendulum-v1"), ("trpo", "Pendulum-v1"),
-                                                     ("bc", "Pendulum-v1")]
+                                                     ("bc", "Pendulum-v1")] + [
+    # the other classic-control tasks: discrete 3-action Acrobot / MountainCar, 1-d continuous MountainCar
+    ("a2c", "Acrobot-v1"), ("qac", "MountainCar-v0"), ("ppo", "MountainCarContinuous-v0")]
 
 
 @pytest.mark.parametrize(("algo", "env_id"), SMOKE)

@@ -150,6 +150,9 @@ class GymConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.cg_damping < 0:
             raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
+        if self.bc_expert_checkpoint and not Path(self.bc_expert_checkpoint).is_file():
+            raise ValueError(f"bc_expert_checkpoint: no such file {self.bc_expert_checkpoint!r} (a policy.pt that "
+                             "alignkit classic gym wrote)")
         observation_space, action_space = _spaces(self.env_id)
         obs_dim(observation_space)
         if not is_discrete(action_space) and self.algo in DISCRETE_ONLY:
