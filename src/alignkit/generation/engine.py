@@ -275,13 +275,15 @@ class KVCacheGenerator:
                 if sampling.greedy:
                     token = logits.argmax(-1)
                 else:
-                    if truncate or t < sampling.min_new_tokens:
+                    if truncate:
                         scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
                         if t < sampling.min_new_tokens:
                             scores[:, eos] = float("-inf")
                         probs = torch.softmax(scores, -1)
                     else:
                         probs = logp_full.exp()
+                        if t < sampling.min_new_tokens:  # EOS forbidden: zero it (the sampler renormalises)
+                            probs[:, eos] = 0.0
                     token = sample_from_probs(probs, rng)
                 logp = logp_full.gather(-1, token[:, None]).squeeze(-1)
                 token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
