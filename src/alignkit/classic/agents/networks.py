@@ -12,6 +12,7 @@ hidden layers of 64 (CleanRL's ``Agent`` for classic control).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import gymnasium as gym
@@ -68,22 +69,22 @@ def mlp(n_in: int, n_out: int, hidden: Sequence[int] = (64, 64), out_gain: float
     return nn.Sequential(*layers)
 
 
-class Policy(nn.Module):
+class Policy(nn.Module, ABC):
     """pi(a|s). Subclasses define :meth:`distribution`; actions are ``[B]`` long or ``[B, M]`` float."""
 
     discrete: bool
 
+    @abstractmethod
     def distribution(self, obs: torch.Tensor) -> Distribution:
         """``obs [B, D]`` -> a distribution with batch shape ``[B]`` (Gaussian: event shape ``[M]``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_prob(self, dist: Distribution, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) ``[B]`` (summed over the M independent action dimensions of a Gaussian)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def entropy(self, dist: Distribution) -> torch.Tensor:
         """H(pi(.|s)) ``[B]``."""
-        raise NotImplementedError
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample (or take the mode of) pi(.|s): ``obs [B, D]`` -> ``(actions, log_probs [B])``."""
@@ -91,13 +92,13 @@ class Policy(nn.Module):
         actions = self.mode(dist) if deterministic else dist.sample()
         return actions, self.log_prob(dist, actions)
 
+    @abstractmethod
     def mode(self, dist: Distribution) -> torch.Tensor:
         """The most likely action: argmax for Categorical, the mean for a Gaussian."""
-        raise NotImplementedError
 
+    @abstractmethod
     def env_action(self, actions: torch.Tensor) -> np.ndarray:
         """Convert sampled actions to what ``env.step`` takes (a Gaussian's are clipped to the bounds)."""
-        raise NotImplementedError
 
 
 class CategoricalPolicy(Policy):
