@@ -97,3 +97,17 @@ def test_text_fields_and_environment_steps_are_handled(tmp_path):
     page = write_report(run).read_text()
     assert "steps 512 to 2048" in page
     assert "plots/losses.png" in assert_report_references_only_existing_files(run)
+
+
+def test_alignkit_report_rewrites_a_run_directory(tmp_path, capsys):
+    from alignkit.cli import main
+
+    run = tmp_path / "run"
+    _fake_run(run, steps=5)
+    assert main(["report", str(run)]) == 0
+    assert_report_references_only_existing_files(run)
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text("{not json\n")
+    assert main(["report", str(run)]) == 2
+    assert "metrics.jsonl:1: not a JSON line" in capsys.readouterr().err

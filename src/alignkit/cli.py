@@ -337,6 +337,7 @@ def command_help(command: str) -> str:
 def main_help() -> str:
     rows = [f"  {name:<10} {about}" for name, (_, about) in _commands().items()]
     rows.append(f"  {'classic':<10} the foundations: classic gridworld | bandit | gym (alignkit classic --help)")
+    rows.append(f"  {'report':<10} (re)write a run directory's report.html: alignkit report RUN_DIR")
     rows.append(f"  {'quickstart':<10} the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU")
     return "\n".join(["usage: alignkit <command> [--config preset.yaml] [key=value ...]", "",
                       "Align language models with human and AI feedback.", "", "commands:", *rows, "",
@@ -505,6 +506,26 @@ def _rlaif(config, policy, tok, prompts: list[str]) -> None:
                  summary={f"ai_labels/{k}": v for k, v in labels.counts.items()})
 
 
+def _report(argv: list[str]) -> int:
+    """``alignkit report RUN_DIR``: (re)write report.html of a run, e.g. one that was stopped early."""
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: alignkit report RUN_DIR\n\n(re)write RUN_DIR/report.html and its plots from metrics.jsonl, "
+              "samples.jsonl and the saved config", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
+    run_dir = Path(argv[0])
+    if not run_dir.is_dir():
+        print(f"alignkit report: error: no such run directory {argv[0]!r}", file=sys.stderr)
+        return USAGE_ERROR
+    from .training.report import write_report
+
+    try:
+        print(write_report(run_dir))
+    except ValueError as e:  # a corrupt metrics.jsonl line, named with its number
+        print(f"alignkit report: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
 def _generate(config, policy, tok, prompts: list[str]) -> None:
     """Write ``completions.jsonl`` ({prompt, completion, finished}) and print the first few."""
     import json
@@ -537,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "quickstart":
         return _quickstart(argv[1:])
+    if argv and argv[0] == "report":
+        return _report(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(main_help())
         return 0 if argv else USAGE_ERROR
