@@ -10,8 +10,8 @@ The task (everything is built here; nothing is downloaded):
 Pipeline (seeds 001-003): SFT -> sample pairs from the SFT policy -> the gold scorer labels them by
 Bradley-Terry -> reward model -> PPO against the learnt reward with a KL penalty to the SFT policy; DPO on
 the same pairs for comparison. A second PPO run without the KL penalty shows reward over-optimisation
-(Gao et al. 2022): its learnt reward climbs higher while its gold score falls, because it repeats the
-positive words the reward model pays for and the gold scorer penalises repetition. The table reports the gold
+(Gao et al. 2022): its learnt reward climbs higher while its gold score falls, because it repeats words
+the reward model pays for and the gold scorer penalises repetition. The table reports the gold
 score, the learnt reward and the KL to the SFT policy for each model, and a few completions before and
 after; ``report.html`` in the output directory shows the same with the training curves of each stage.
 """
@@ -63,7 +63,7 @@ class QuickstartConfig:
     output_dir: str = option("runs/quickstart", "run directory")
     seed: int = option(0, "seed of everything")
     sft_steps: int = option(150, "SFT optimiser steps")
-    pairs: int = option(512, "preference pairs sampled from the SFT policy and labelled by the gold scorer")
+    pairs: int = option(1024, "preference pairs sampled from the SFT policy and labelled by the gold scorer")
     reward_steps: int = option(150, "reward-model optimiser steps")
     ppo_steps: int = option(60, "PPO steps")
     dpo_steps: int = option(100, "DPO optimiser steps")
