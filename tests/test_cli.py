@@ -298,3 +298,34 @@ def test_accelerate_launch_runs_the_same_cli_on_two_processes(tiny_dir, tmp_path
     assert losses("two") == pytest.approx(losses("one"), abs=1e-5)
     assert (tmp_path / "two" / "final" / "config.json").is_file()
     assert_report_references_only_existing_files(tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_online_rlaif_a_local_judge_scores_each_completion(tiny_dir, tmp_path):
+    """`alignkit ppo ... judge_model=DIR`: the judge's expected rating (1..5) is the reward (online RLAIF)."""
+    from alignkit.models.tiny import build_tokenizer
+
+    judge_dir = tmp_path / "judge"
+    judge_tok = build_tokenizer([" ".join(tasks.WORDS) + " 1 2 3 4 5 A B"] * 3, vocab_size=64, model="word")
+    tasks.model(judge_tok, seed=1).save_pretrained(judge_dir)
+    judge_tok.save_pretrained(judge_dir)
+    out = tmp_path / "run"
+    assert main(["ppo", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 f"judge_model={judge_dir}", "num_steps=1", "prompts_per_step=4", "samples_per_prompt=2",
+                 "max_new_tokens=3", "num_minibatches=1", f"output_dir={out}", "progress=false"]) == 0
+    scores = [json.loads(line)["score"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert scores and all(1.0 <= s <= 5.0 for s in scores)  # an expected rating, not a constant
+    assert len(set(scores)) > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["reward_fn=tests.train.tasks:has_good", "judge_url=http://127.0.0.1:9/v1", "judge_name=j"],
+     "give exactly one reward source: reward_fn (import path), reward_model (directory), or judge_model / judge_url"),
+    ([], "got: none"),
+    (["judge_url=http://127.0.0.1:9/v1"], "judge_name: required with judge_url"),
+])
+def test_online_reward_sources_are_exclusive(args, message, tiny_dir, tmp_path, capsys):
+    assert main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}", *args,
+                 f"output_dir={tmp_path / 'x'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

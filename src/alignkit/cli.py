@@ -42,13 +42,6 @@ class OfflineDataJob:
 
 
 @dataclass
-class OnlineDataJob:
-    prompts_file: str = option("", "prompts (.jsonl with a prompt column, or GSM8K rows) (required)")
-    reward_fn: str = option("", "reward function by import path, e.g. alignkit.rewards.rules:gsm8k_exact_match")
-    reward_model: str = option("", "or: a reward model directory (sequence classification, num_labels=1)")
-
-
-@dataclass
 class OutputJob:
     output_dir: str = option("runs/alignkit", "run directory")
 
@@ -80,24 +73,18 @@ class PromptsJob:
 
 
 @dataclass
-class JudgeJob:
-    """Where the AI feedback comes from: give exactly one of judge_model, judge_url or judge."""
+class JudgeSource:
+    """An AI judge: a local causal LM or an OpenAI-compatible endpoint (alignkit.rewards.LocalLMJudge /
+    HTTPChatJudge)."""
 
     judge_model: str = option("", "AI judge: a local causal LM directory (read with LocalLMJudge)")
     judge_url: str = option("", "or: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (HTTPChatJudge)")
     judge_name: str = option("", "the model name the endpoint expects (with judge_url)")
     judge_api_key_env: str = option("", "name of the environment variable holding the endpoint's API key "
                                         "(the key itself is never written to the config)")
-    judge: str = option("", "or: a pair judge by import path: an object (or a class built with no arguments) "
-                            "with prefer(prompts, responses_a, responses_b) -> P(a is better)")
     rubric_file: str = option("", "text file with the judge's rubric / constitution (default: the built-in one)")
-    rlaif_method: str = option("reward", "train a reward model on the AI labels, or the policy itself by DPO",
-                               choices=("reward", "dpo"))
 
-    def validate_judge(self) -> None:
-        given = [k for k in ("judge_model", "judge_url", "judge") if getattr(self, k)]
-        if len(given) != 1:
-            raise UsageError(f"give exactly one of judge_model, judge_url or judge (got: {', '.join(given) or 'none'})")
+    def check_judge_source(self) -> None:
         if self.judge_url and not self.judge_name:
             raise UsageError("judge_name: required with judge_url (the model name the endpoint serves)")
         if self.judge_api_key_env and self.judge_api_key_env not in os.environ:
@@ -106,6 +93,31 @@ class JudgeJob:
             value = getattr(self, key)
             if value and not Path(value).exists():
                 raise UsageError(f"{key}: no such file or directory {value!r}")
+
+
+@dataclass
+class OnlineDataJob(JudgeSource):
+    """Prompts and exactly one reward source; a judge here scores each completion (online RLAIF)."""
+
+    prompts_file: str = option("", "prompts (.jsonl with a prompt column, or GSM8K rows) (required)")
+    reward_fn: str = option("", "reward function by import path, e.g. alignkit.rewards.rules:gsm8k_exact_match")
+    reward_model: str = option("", "or: a reward model directory (sequence classification, num_labels=1)")
+
+
+@dataclass
+class JudgeJob(JudgeSource):
+    """Where the AI feedback comes from: give exactly one of judge_model, judge_url or judge."""
+
+    judge: str = option("", "or: a pair judge by import path: an object (or a class built with no arguments) "
+                            "with prefer(prompts, responses_a, responses_b) -> P(a is better)")
+    rlaif_method: str = option("reward", "train a reward model on the AI labels, or the policy itself by DPO",
+                               choices=("reward", "dpo"))
+
+    def validate_judge(self) -> None:
+        given = [k for k in ("judge_model", "judge_url", "judge") if getattr(self, k)]
+        if len(given) != 1:
+            raise UsageError(f"give exactly one of judge_model, judge_url or judge (got: {', '.join(given) or 'none'})")
+        self.check_judge_source()
         if self.judge:
             try:
                 _pair_judge(self.judge)
@@ -310,8 +322,12 @@ def _check_required(command: str, config) -> None:
             raise UsageError("prompts_file: required")
         if not hasattr(config, "reward_fn"):
             return
-        if bool(config.reward_fn) == bool(config.reward_model):
-            raise UsageError("give exactly one of reward_fn (import path) or reward_model (directory)")
+        sources = [k for k in ("reward_fn", "reward_model", "judge_model", "judge_url") if getattr(config, k)]
+        if len(sources) != 1:
+            raise UsageError("give exactly one reward source: reward_fn (import path), reward_model (directory), or "
+                             "judge_model / judge_url (an AI judge scores each completion: online RLAIF); got: "
+                             f"{', '.join(sources) or 'none'}")
+        config.check_judge_source()
         if config.reward_fn:
             from .rewards import resolve_reward_fn
 
@@ -414,6 +430,8 @@ def run(command: str, config) -> None:
         return
     if config.reward_fn:
         reward = resolve_reward_fn(config.reward_fn)
+    elif config.judge_model or config.judge_url:
+        reward = _judge(config)  # a Judge is a RewardFn: the expected score label of each completion
     else:
         from .models import load_reward_model
 
@@ -468,7 +486,7 @@ def _judge(config):
     from .rewards import HTTPChatJudge, LocalLMJudge
 
     extra = {"rubric": Path(config.rubric_file).read_text()} if config.rubric_file else {}
-    if config.judge:
+    if getattr(config, "judge", ""):
         return _pair_judge(config.judge)
     if config.judge_url:
         key = os.environ[config.judge_api_key_env] if config.judge_api_key_env else None
