@@ -89,10 +89,6 @@ class JudgeSource:
             raise UsageError("judge_name: required with judge_url (the model name the endpoint serves)")
         if self.judge_api_key_env and self.judge_api_key_env not in os.environ:
             raise UsageError(f"judge_api_key_env: the environment variable {self.judge_api_key_env!r} is not set")
-        for key in ("judge_model", "rubric_file"):
-            value = getattr(self, key)
-            if value and not Path(value).exists():
-                raise UsageError(f"{key}: no such file or directory {value!r}")
 
 
 @dataclass
@@ -191,6 +187,11 @@ def _table(command: str) -> dict[str, tuple[type, str]]:
     return _commands()
 
 
+def _project(config, cls):
+    """``cls`` built from the fields of ``config`` that it declares (a job config is a union of configs)."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
 def rlaif_job() -> type:
     """``alignkit rlaif``: sampling/labelling (RLAIFConfig) + training (RewardConfig or DPOConfig) + judge."""
     from .trainers import DPOConfig, RewardConfig
@@ -198,11 +199,8 @@ def rlaif_job() -> type:
 
     def validate(self) -> None:
         self.validate_judge()
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for part in (RLAIFConfig, RewardConfig if self.rlaif_method == "reward" else DPOConfig):
-            config = part(**{f.name: values[f.name] for f in fields(part)})
-            if hasattr(config, "validate"):
-                config.validate()
+        _project(self, RLAIFConfig)  # validates on construction
+        _project(self, RewardConfig if self.rlaif_method == "reward" else DPOConfig).validate()
 
     bases = (JudgeJob, RLAIFConfig, DPOConfig, RewardConfig, PromptsJob, ModelJob)
     return dataclass(type("RLAIFJob", bases, {"validate": validate, "__post_init__": lambda self: None}))
@@ -311,7 +309,7 @@ def _read_preset(command: str, path: str) -> dict:
 def _check_required(command: str, config) -> None:
     if hasattr(config, "model") and not config.model:
         raise UsageError("model: required (a local model directory)")
-    for key in ("model", "train_file", "eval_file", "prompts_file", "reward_model"):
+    for key in ("model", "train_file", "eval_file", "prompts_file", "reward_model", "judge_model", "rubric_file"):
         value = getattr(config, key, "")
         if value and not Path(value).exists():
             raise UsageError(f"{key}: no such file or directory {value!r}")
@@ -372,16 +370,13 @@ def _save_resolved(config) -> None:
 
 def run_classic(command: str, config) -> None:
     """Run ``alignkit classic <sub>``: the runner writes its PNGs and summary.json, then report.html."""
-    import html
-
-    from .training.report import write_report
+    from .training.report import html_image, write_report
 
     _save_resolved(config)
     summary = _classic(command.split(" ", 1)[1])[1](config)
     out = Path(config.output_dir)
     flat = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))}
-    sections = [(png.stem.replace("_", " "), f"<img src='{html.escape(png.name)}' alt='{html.escape(png.stem)}'>")
-                for png in sorted(out.glob("*.png"))]
+    sections = [(png.stem.replace("_", " "), html_image(png.name, png.stem)) for png in sorted(out.glob("*.png"))]
     write_report(out, title=f"alignkit {command}: {out.resolve().name}", summary=flat, sections=sections)
 
 
@@ -504,24 +499,21 @@ def _rlaif(config, policy, tok, prompts: list[str]) -> None:
     from .models import RewardModel
     from .trainers import DPOConfig, RewardConfig
     from .trainers.rlaif import RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
-    from .training.report import write_report
-
-    def part(cls):
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
     out = Path(config.output_dir)
     engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
-    labels = label_pairs_with_judge(prompts, tok, engine, _judge(config), part(RLAIFConfig))
+    labels = label_pairs_with_judge(prompts, tok, engine, _judge(config), _project(config, RLAIFConfig))
     labels.write_jsonl(out / "ai_labels.jsonl")
     (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
     print(json.dumps(labels.counts, indent=2))
     if config.rlaif_method == "reward":
-        model, train_config = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id), part(RewardConfig)
+        model = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id)
+        train_config = _project(config, RewardConfig)
     else:
-        model, train_config = policy, part(DPOConfig)
-    train_on_ai_labels(labels, tok, model, config.rlaif_method, train_config)
-    write_report(out, title=f"alignkit rlaif ({config.rlaif_method}): {out.resolve().name}",
-                 summary={f"ai_labels/{k}": v for k, v in labels.counts.items()})
+        model, train_config = policy, _project(config, DPOConfig)
+    trainer = train_on_ai_labels(labels, tok, model, config.rlaif_method, train_config, train=False)
+    trainer.report_summary = {f"ai_labels/{k}": v for k, v in labels.counts.items()}  # shown in report.html
+    trainer.train()
 
 
 def _report(argv: list[str]) -> int:
@@ -549,26 +541,22 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
     import json
 
     from .generation import KVCacheGenerator, SamplingParams
-    from .rollout import decode_completions, tokenize_prompts
+    from .rollout import completion_rows, tokenize_prompts
+    from .training.report import append_samples, write_report
 
     ids, _ = tokenize_prompts(tok, prompts)
     sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_k=config.top_k, top_p=config.top_p, n=config.n, seed=config.seed,
                               greedy=config.greedy)
     comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, sampling)
-    texts = decode_completions(tok, comp)
+    rows = completion_rows(tok, comp, prompts)
     path = Path(config.output_dir) / "completions.jsonl"
     with path.open("w") as f:
-        for i, text in enumerate(texts):
-            row = {"prompt": prompts[int(comp.group_ids[i])], "completion": text, "finished": bool(comp.finished[i])}
-            f.write(json.dumps(row) + "\n")
-            if i < 5:
-                print(f"{row['prompt']!r} -> {text!r}")
-    print(f"wrote {len(texts)} completions to {path}")
-    from .training.report import append_samples, write_report
-
-    append_samples(path.parent, 0, [{"prompt": prompts[int(comp.group_ids[i])], "completion": texts[i]}
-                                    for i in range(min(8, len(texts)))])
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    for row in rows[:5]:
+        print(f"{row['prompt']!r} -> {row['completion']!r}")
+    print(f"wrote {len(rows)} completions to {path}")
+    append_samples(path.parent, 0, rows[:8])
     write_report(path.parent, title=f"alignkit generate: {path.parent.resolve().name}")
 
 

@@ -208,23 +208,20 @@ def _write_report(out: Path, result: dict, rm_accuracy: float, held_out: int) ->
     """``<out>/report.html``: the table, samples before/after, the PPO curves, links to each stage's report."""
     import html
 
-    from .training.report import write_report
+    from .training.report import html_image, html_table, write_report
 
     table = result["table"]
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{row['gold']:.3f}</td><td>{row['learnt_reward']:.3f}</td>"
-                   f"<td>{row['kl']:.3f}</td></tr>" for name, row in table.items())
+    scores = [{"policy": name, "gold score": f"{row['gold']:.3f}", "learnt reward": f"{row['learnt_reward']:.3f}",
+               "KL to SFT": f"{row['kl']:.3f}"} for name, row in table.items()]
     sections = [("Gold score, learnt reward and KL to the SFT policy",
-                 "<table><thead><tr><th>policy</th><th>gold score</th><th>learnt reward</th><th>KL to SFT</th>"
-                 f"</tr></thead><tbody>{rows}</tbody></table><p>reward model held-out accuracy "
-                 f"{rm_accuracy:.2f} on {held_out} gold-labelled pairs</p>")]
-    samples = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(p)}</td><td>{html.escape(c)}</td></tr>"
-                      for name in table for p, c in table[name]["samples"])
-    sections.append(("Sample completions", "<table><thead><tr><th>policy</th><th>prompt</th><th>completion</th>"
-                                           f"</tr></thead><tbody>{samples}</tbody></table>"))
+                 html_table(scores) + f"<p>reward model held-out accuracy {rm_accuracy:.2f} on {held_out} "
+                                      "gold-labelled pairs</p>")]
+    samples = [{"policy": name, "prompt": p, "completion": c} for name in table for p, c in table[name]["samples"]]
+    sections.append(("Sample completions", html_table(samples)))
     for stage, title in STAGES[2:4]:
         for plot in ("score", "kl"):
             if (out / stage / "plots" / f"{plot}.png").exists():
-                sections.append((f"{title}: {plot}", f"<img src='{stage}/plots/{plot}.png' alt='{title} {plot}'>"))
+                sections.append((f"{title}: {plot}", html_image(f"{stage}/plots/{plot}.png", f"{title} {plot}")))
     links = "".join(f"<li><a href='{stage}/report.html'>{html.escape(title)}</a></li>" for stage, title in STAGES
                     if (out / stage / "report.html").exists())
     sections.append(("Reports of each stage", f"<ul>{links}</ul>"))

@@ -29,8 +29,8 @@ from .core.logprobs import token_logprobs
 from .generation.base import Completions, Generator, SamplingParams
 
 __all__ = [
-    "Rollout", "collect_rollout", "concat_sequences", "decode_completions", "model_logits", "response_logprobs",
-    "response_values", "tokenize_prompts",
+    "Rollout", "collect_rollout", "completion_rows", "concat_sequences", "decode_completions", "model_logits",
+    "response_logprobs", "response_values", "tokenize_prompts",
 ]
 
 
@@ -214,6 +214,14 @@ def decode_completions(tokenizer, completions: Completions) -> list[str]:
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(completions.response_ids, completions.response_mask,
                                                             strict=True)]
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def completion_rows(tokenizer, completions: Completions, prompts: list[str]) -> list[dict]:
+    """``{"prompt", "completion", "finished"}`` per row of ``completions``; ``prompts`` are the P prompt texts
+    (row i answers ``prompts[group_ids[i]]``)."""
+    texts = decode_completions(tokenizer, completions)
+    return [{"prompt": prompts[g], "completion": t, "finished": f}
+            for g, t, f in zip(completions.group_ids.tolist(), texts, completions.finished.tolist(), strict=True)]
 
 
 @torch.no_grad()

@@ -8,89 +8,11 @@ Importing this package loads torch and the standard library only (no transformer
 receives its model and tokenizer from the caller.
 """
 
-from .base import (
-    InvalidRewardError,
-    OnInvalid,
-    RewardFn,
-    ScreenedRewards,
-    call_reward_fn,
-    resolve_reward_fn,
-    reward_fn_name,
-    validate_rewards,
-)
-from .judge import (
-    DEFAULT_RUBRIC,
-    PAIRWISE_TEMPLATE,
-    SCORE_TEMPLATE,
-    HTTPChatJudge,
-    Judge,
-    JudgeError,
-    LocalLMJudge,
-    PairwiseJudgeReward,
-    parse_label_probs,
-)
-from .model_scorer import RewardModelScorer
-from .rules import (
-    ANSWER_FORMATS,
-    Contains,
-    ExactMatch,
-    LengthReward,
-    RegexFormat,
-    WeightedSum,
-    answers_match,
-    contains,
-    exact_match,
-    extract_answer,
-    extract_boxed_answer,
-    extract_gsm8k_answer,
-    extract_last_number,
-    gsm8k_exact_match,
-    length_reward,
-    normalize_answer,
-    parse_number,
-    regex_format,
-    weighted_sum,
-)
+# Each submodule's ``__all__`` is the one list of its public names; the package re-exports them as they are.
+from . import base, judge, model_scorer, rules
+from .base import *  # noqa: F403
+from .judge import *  # noqa: F403
+from .model_scorer import *  # noqa: F403
+from .rules import *  # noqa: F403
 
-__all__ = [
-    "RewardModelScorer",
-    # base
-    "RewardFn",
-    "OnInvalid",
-    "InvalidRewardError",
-    "ScreenedRewards",
-    "validate_rewards",
-    "call_reward_fn",
-    "resolve_reward_fn",
-    "reward_fn_name",
-    # rules
-    "ANSWER_FORMATS",
-    "parse_number",
-    "normalize_answer",
-    "extract_gsm8k_answer",
-    "extract_boxed_answer",
-    "extract_last_number",
-    "extract_answer",
-    "answers_match",
-    "exact_match",
-    "regex_format",
-    "length_reward",
-    "contains",
-    "weighted_sum",
-    "ExactMatch",
-    "RegexFormat",
-    "LengthReward",
-    "Contains",
-    "WeightedSum",
-    "gsm8k_exact_match",
-    # judge
-    "DEFAULT_RUBRIC",
-    "PAIRWISE_TEMPLATE",
-    "SCORE_TEMPLATE",
-    "Judge",
-    "LocalLMJudge",
-    "HTTPChatJudge",
-    "JudgeError",
-    "PairwiseJudgeReward",
-    "parse_label_probs",
-]
+__all__ = [*model_scorer.__all__, *base.__all__, *rules.__all__, *judge.__all__]

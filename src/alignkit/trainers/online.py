@@ -267,10 +267,10 @@ class OnlineTrainer(ABC):
     def rollout_metrics(self, rollout: Rollout, beta: float) -> dict[str, float]:
         m = rollout.response_mask.float()
         metrics = {
-            "score": float(rollout.scores.mean()),
+            "score": rollout.stats["score_mean"],
             "score_std": float(rollout.scores.std()) if len(rollout) > 1 else 0.0,
-            "response_length": float(m.sum(-1).mean()),
-            "eos_rate": float(rollout.finished.float().mean()),
+            "response_length": rollout.stats["response_length_mean"],  # computed once, by collect_rollout
+            "eos_rate": rollout.stats["eos_rate"],
             "kl_coef": beta,
         }
         if rollout.ref_logprobs is not None:

@@ -86,6 +86,7 @@ class Trainer(ABC):
                                     tensorboard=config.tensorboard, progress_total=self.total_steps,
                                     progress=config.progress)
         self.history: list[dict] = []
+        self.report_summary: dict = {}  # extra key -> value rows for the top of report.html
 
     # ----------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -121,21 +122,17 @@ class Trainer(ABC):
         if not prompts or self.tokenizer is None or self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
             return []
         from ..generation import KVCacheGenerator, SamplingParams
-        from ..rollout import decode_completions
+        from ..rollout import completion_rows
 
-        model = self.accelerator.unwrap_model(self.model)
         tok = self.tokenizer
+        engine = KVCacheGenerator(self.accelerator.unwrap_model(self.model), tok.eos_token_id, tok.pad_token_id)
         # stay within the model's context: a sample for the report must never fail the run
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
-        new_tokens = min(self.config.sample_max_new_tokens, context - max(map(len, prompts)))
+        room = (engine.max_length or 1 << 30) - max(map(len, prompts))
+        new_tokens = min(self.config.sample_max_new_tokens, room)
         if new_tokens < 1:
             return []
-        engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
-        with torch.no_grad():
-            comp = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, seed=self.config.seed))
-        texts = decode_completions(tok, comp)
-        return [{"prompt": tok.decode(p), "completion": t, "finished": bool(f)}
-                for p, t, f in zip(prompts, texts, comp.finished.tolist(), strict=True)]
+        comp = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, seed=self.config.seed))
+        return completion_rows(tok, comp, [tok.decode(p) for p in prompts])
 
     def write_report(self) -> None:
         """Sample completions, then ``report.html`` with plots (main process; see training/report.py)."""
@@ -143,7 +140,8 @@ class Trainer(ABC):
 
         if self.config.num_samples:
             append_samples(self.run_dir, self.step, self.sample_rows())
-        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
+        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}",
+                     summary=self.report_summary)
 
     def save_final(self, path: Path) -> None:
         """Save the final model so that transformers' (or peft's) from_pretrained loads it."""

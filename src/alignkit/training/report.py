@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "plot_metrics", "write_report", "append_samples"]
+__all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "metric_series", "plot_metrics", "write_report",
+           "append_samples", "html_table", "html_image"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def append_samples(run_dir: str | Path, step: int, rows: Sequence[dict]) -> None
             f.write(json.dumps({"step": step, **row}) + "\n")
 
 
-def _series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+def metric_series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
     """``{key: (steps, values)}`` for every numeric metric, in first-seen order."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in records:
@@ -114,8 +115,11 @@ def _group_of(key: str) -> str | None:
     return None
 
 
-def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12) -> list[tuple[PlotGroup, Path]]:
+def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: str | Path,
+                 max_panels: int = 12) -> list[tuple[PlotGroup, Path]]:
     """Write one PNG per non-empty group into ``plot_dir``; returns ``[(group, path)]`` in report order.
+
+    ``series``: ``{key: (steps, values)}`` from :func:`metric_series`.
 
     A group's figure has one small panel per metric (at most ``max_panels``: the first ones logged). Series
     with a single point are drawn as a marker. Non-finite points are left out of the line (they stay in
@@ -125,7 +129,7 @@ def plot_metrics(records: list[dict], plot_dir: str | Path, max_panels: int = 12
 
     plot_dir = Path(plot_dir)
     grouped: dict[str, list[tuple[str, list[float], list[float]]]] = {}
-    for key, (xs, ys) in _series(records).items():
+    for key, (xs, ys) in series.items():
         name = _group_of(key)
         if name is None:
             continue
@@ -168,7 +172,8 @@ def _config(run_dir: Path) -> dict:
     return {}
 
 
-def _table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+def html_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """An HTML table of ``rows`` (cells escaped; floats to 4 significant digits); "" when there are none."""
     if not rows:
         return ""
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
@@ -179,15 +184,19 @@ def _table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def html_image(src: str, alt: str) -> str:
+    """An ``<img>`` of a path relative to the report (the caller checks that the file exists)."""
+    return f"<img src='{html.escape(src)}' alt='{html.escape(alt)}'>"
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def _summary_rows(records: list[dict]) -> list[dict]:
+def _summary_rows(series: dict[str, tuple[list[float], list[float]]]) -> list[dict]:
     """First and last logged value of the headline metrics."""
-    series = _series(records)
     keys = [k for k in series if _group_of(k) in ("score", "kl", "losses", "length")]
     return [{"metric": k, "first": series[k][1][0], "last": series[k][1][-1], "steps": int(series[k][0][-1])}
             for k in keys]
@@ -237,18 +246,18 @@ def write_report(
     title = title or f"alignkit run: {run_dir.resolve().name}"
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary:
-        parts.append("<h2>Summary</h2>" + _table([{"": k, "value": v} for k, v in summary.items()]))
+        parts.append("<h2>Summary</h2>" + html_table([{"": k, "value": v} for k, v in summary.items()]))
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if records:
         steps = [x for x in map(_step_of, records) if x is not None]
         span = f", steps {min(steps)} to {max(steps)}" if steps else ""
+        series = metric_series(records)
         parts.append(f"<h2>Metrics</h2><p class='muted'>{len(records)} records{span}, from metrics.jsonl</p>"
-                     + _table(_summary_rows(records)))
-        for group, path in plot_metrics(records, run_dir / "plots"):
-            rel = path.relative_to(run_dir).as_posix()
-            parts.append(f"<h3>{html.escape(group.title)}</h3><img src='{html.escape(rel)}' "
-                         f"alt='{html.escape(group.title)}'>")
+                     + html_table(_summary_rows(series)))
+        for group, path in plot_metrics(series, run_dir / "plots"):
+            parts.append(f"<h3>{html.escape(group.title)}</h3>"
+                         + html_image(path.relative_to(run_dir).as_posix(), group.title))
     else:
         parts.append("<h2>Metrics</h2><p class='muted'>no metrics.jsonl in this run directory</p>")
     samples = read_samples(run_dir / "samples.jsonl")
@@ -258,10 +267,10 @@ def write_report(
         parts.append("<h2>Sample completions</h2>")
         for step in shown:
             rows = [{k: v for k, v in s.items() if k != "step"} for s in samples if s.get("step", 0) == step]
-            parts.append(f"<h3>step {step}</h3>" + _table(rows[:max_sample_rows]))
+            parts.append(f"<h3>step {step}</h3>" + html_table(rows[:max_sample_rows]))
     config = _config(run_dir)
     if config:
-        parts.append("<h2>Configuration</h2>" + _table([{"key": k, "value": v} for k, v in config.items()]))
+        parts.append("<h2>Configuration</h2>" + html_table([{"key": k, "value": v} for k, v in config.items()]))
     links = [name for name in ("metrics.jsonl", "samples.jsonl", "resolved_config.yaml", "config.json", "final",
                                "tensorboard") if (run_dir / name).exists()]
     if links:
