@@ -30,7 +30,7 @@ from .generation.base import Completions, Generator, SamplingParams
 
 __all__ = [
     "Rollout", "collect_rollout", "completion_rows", "concat_sequences", "decode_completions", "model_logits",
-    "response_logprobs", "response_values", "tokenize_prompts",
+    "response_logprobs", "response_token_logits", "response_values", "tokenize_prompts",
 ]
 
 
@@ -135,11 +135,22 @@ def tokenize_prompts(
     return ids, truncated
 
 
-def model_logits(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-    """Logits ``[N, L, V]`` from a causal LM or anything with a ``logits(ids, mask, pos)`` method (a reference)."""
-    if hasattr(model, "logits") and callable(model.logits):
-        return model.logits(input_ids, attention_mask, position_ids)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+def model_logits(model, input_ids, attention_mask, position_ids=None, keep_last: int = 0) -> torch.Tensor:
+    """Logits ``[N, L, V]`` from a causal LM or a :class:`~alignkit.models.ReferenceModel`; with ``keep_last``
+    > 0 only the last positions ``[N, keep_last, V]``, which the model then computes alone when it can
+    (:func:`~alignkit.models.forward.forward_logits`)."""
+    from .models.forward import forward_logits
+    from .models.reference import ReferenceModel
+
+    if isinstance(model, ReferenceModel):
+        return model.logits(input_ids, attention_mask, position_ids, keep_last=keep_last)
+    return forward_logits(model, input_ids, attention_mask, position_ids, keep_last)
+
+
+def response_token_logits(model, ids, mask, pos, response_len: int) -> torch.Tensor:
+    """Logits scoring each of the last ``response_len`` tokens of ``ids``: ``[N, R, V]`` (position P - 1 + t
+    scores response token t). The LM head runs over those R positions only, not over the prompt."""
+    return model_logits(model, ids, mask, pos, keep_last=response_len + 1)[:, :-1]
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -179,11 +190,10 @@ def response_logprobs(
     Runs ``model`` on prompt+response (left-padded prompt, so position ids count real tokens) and scores
     token t with the logits at position P - 1 + t. Gradients flow if called with grad enabled.
     """
-    p = prompt_ids.shape[1]
     outs = []
     for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
-        logits = model_logits(model, ids, mask, pos)
-        lp = token_logprobs(logits[:, p - 1 : -1], response_ids[sl], temperature)
+        logits = response_token_logits(model, ids, mask, pos, response_ids.shape[1])
+        lp = token_logprobs(logits, response_ids[sl], temperature)
         outs.append(lp * response_mask[sl])
     return torch.cat(outs, 0)
 

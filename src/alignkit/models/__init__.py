@@ -6,12 +6,14 @@
 * :mod:`.lora`: :func:`apply_lora` (peft, imported lazily).
 * :mod:`.reward`: :class:`RewardModel`, stored as transformers ``AutoModelForSequenceClassification``.
 * :mod:`.value`: :class:`ValueModel` (separate critic) and :class:`PolicyWithValueHead` (shared trunk).
+* :mod:`.forward`: :func:`forward_logits` (the LM head only over the positions asked for).
 * :mod:`.padding`: last real token and position ids from the attention mask (left or right padding).
 * :mod:`.tiny`: tiny tokenizers and Llama models built locally, for tests and benchmarks.
 
 peft is imported only by :func:`apply_lora`; transformers is imported here.
 """
 
+from .forward import forward_logits
 from .heads import ScalarHeadModel, init_scalar_head, reward_head_std, seq_cls_from_causal_lm
 from .loading import (
     PAD_POLICIES,
@@ -36,6 +38,7 @@ from .reward import NORMALIZATION_KEY, RewardModel, load_reward_model
 from .value import PolicyValueOutput, PolicyWithValueHead, ValueModel
 
 __all__ = [
+    "forward_logits",
     "NORMALIZATION_KEY",
     "PAD_POLICIES",
     "REFERENCE_KINDS",

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..core.logprobs import token_logprobs
+from .forward import forward_logits
 from .loading import disable_dropout
 from .lora import is_peft_model
 from .padding import position_ids_from_mask
@@ -42,19 +43,21 @@ class ReferenceModel(ABC):
 
     @abstractmethod
     def _logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep_last: int
     ) -> torch.Tensor:
-        """``[B, T, V]`` logits of the reference policy."""
+        """``[B, T, V]`` logits of the reference policy (the last ``keep_last`` positions when > 0)."""
 
     @torch.no_grad()
     def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+        keep_last: int = 0,
     ) -> torch.Tensor:
-        """Reference logits ``[B, T, V]`` (no gradient). ``position_ids`` default to real-token counts
-        (:func:`~alignkit.models.padding.position_ids_from_mask`), as in the generation engine."""
+        """Reference logits ``[B, T, V]`` (no gradient); ``[B, keep_last, V]`` for the last positions only when
+        ``keep_last`` > 0 (see :func:`~alignkit.models.forward.forward_logits`). ``position_ids`` default to
+        real-token counts (:func:`~alignkit.models.padding.position_ids_from_mask`), as in the generation engine."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        return self._logits(input_ids, attention_mask, position_ids)
+        return self._logits(input_ids, attention_mask, position_ids, keep_last)
 
     @torch.no_grad()
     def logprobs(
@@ -81,11 +84,6 @@ class ReferenceModel(ABC):
         return self.logits(input_ids, attention_mask, position_ids)
 
 
-def _forward_logits(model: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.logits
-
-
 class FrozenReference(ReferenceModel):
     """pi_ref as its own frozen module.
 
@@ -101,10 +99,10 @@ class FrozenReference(ReferenceModel):
         self.model.eval()
         disable_dropout(self.model)
 
-    def _logits(self, input_ids, attention_mask, position_ids):
+    def _logits(self, input_ids, attention_mask, position_ids, keep_last):
         if self.model.training:  # someone called .train() on the whole tree; pi_ref stays in eval
             self.model.eval()
-        return _forward_logits(self.model, input_ids, attention_mask, position_ids)
+        return forward_logits(self.model, input_ids, attention_mask, position_ids, keep_last)
 
     def to(self, *args, **kwargs) -> FrozenReference:
         """Move the frozen copy (``nn.Module.to`` arguments). Returns ``self``."""
@@ -134,12 +132,12 @@ class AdapterDisabledReference(ReferenceModel):
             )
         self.policy = policy
 
-    def _logits(self, input_ids, attention_mask, position_ids):
+    def _logits(self, input_ids, attention_mask, position_ids, keep_last):
         modes = [(module, module.training) for module in self.policy.modules()]
         self.policy.eval()
         try:
             with self.policy.disable_adapter():
-                return _forward_logits(self.policy, input_ids, attention_mask, position_ids)
+                return forward_logits(self.policy, input_ids, attention_mask, position_ids, keep_last)
         finally:
             for module, training in modes:
                 module.training = training

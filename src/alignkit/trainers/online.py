@@ -33,7 +33,7 @@ from ..core.logprobs import entropy_from_logits, token_logprobs
 from ..core.masked import LOSS_AGGREGATION_MODES, masked_mean
 from ..generation import KVCacheGenerator, SamplingParams
 from ..rewards.base import InvalidRewardError
-from ..rollout import Rollout, collect_rollout
+from ..rollout import Rollout, collect_rollout, response_token_logits
 from ..training import option
 from ..training.batching import EpochBatcher
 from ..training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -126,8 +126,7 @@ class OnlineConfig:
 def response_logits(policy, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
     """Logits scoring each response token of rows ``index``: ``[b, R, V]`` (position P - 1 + t scores token t)."""
     ids, mask, pos = rollout.sequences(index)
-    p = rollout.prompt_ids.shape[1]
-    return policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1]
+    return response_token_logits(policy, ids, mask, pos, rollout.response_ids.shape[1])
 
 
 def policy_forward(policy, rollout: Rollout, index: torch.Tensor, temperature: float, with_entropy: bool

@@ -1,0 +1,57 @@
+"""forward_logits: the LM head over the last positions only gives the same logits as the full forward."""
+
+import torch
+from torch import nn
+
+from alignkit.models import forward_logits, make_reference
+from alignkit.models.forward import _takes_logits_to_keep
+from alignkit.models.tiny import build_tiny_llama
+from alignkit.rollout import response_logprobs
+
+
+class _NoKeep(nn.Module):
+    """A causal LM whose forward has no logits_to_keep (only **kwargs): the full logits are sliced."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        self.calls.append(sorted(kwargs))
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+
+def test_last_positions_equal_the_full_forward_with_and_without_logits_to_keep():
+    torch.manual_seed(0)
+    lm = build_tiny_llama(seed=0, vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    ids = torch.randint(3, 64, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = forward_logits(lm, ids, mask, pos)
+        assert _takes_logits_to_keep(type(lm)) and full.shape == (3, 9, 64)
+        torch.testing.assert_close(forward_logits(lm, ids, mask, pos, keep_last=4), full[:, -4:], atol=1e-6, rtol=0)
+        wrapped = _NoKeep(lm)
+        assert not _takes_logits_to_keep(type(wrapped))
+        torch.testing.assert_close(forward_logits(wrapped, ids, mask, pos, keep_last=4), full[:, -4:])
+        assert wrapped.calls == [["use_cache"]]  # logits_to_keep was not passed to a forward that does not name it
+        ref = make_reference(lm)
+        torch.testing.assert_close(ref.logits(ids, mask, pos, keep_last=4), full[:, -4:], atol=1e-6, rtol=0)
+
+
+def test_response_logprobs_match_a_full_forward_reference():
+    torch.manual_seed(1)
+    lm = build_tiny_llama(seed=1, vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    prompt = torch.randint(3, 64, (2, 5))
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    response = torch.randint(3, 64, (2, 4))
+    response_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    ids, mask = torch.cat([prompt, response], 1), torch.cat([prompt_mask, response_mask], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logp_full = torch.log_softmax(lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits, -1)
+        expected = logp_full[:, 4:-1].gather(-1, response[..., None]).squeeze(-1) * response_mask
+        got = response_logprobs(lm, prompt, prompt_mask, response, response_mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
