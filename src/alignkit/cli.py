@@ -11,6 +11,7 @@ Configs hold values only: nothing in them is executed (a reward function is name
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import sys
 from dataclasses import MISSING, dataclass, fields
@@ -135,8 +136,9 @@ def _pair_judge(spec: str):
     return obj
 
 
+@functools.lru_cache(maxsize=1)
 def _commands() -> dict[str, tuple[type, str]]:
-    """command -> (job config class, one-line description). Built lazily to keep ``import`` cheap."""
+    """command -> (job config class, one-line description). Built lazily (and once) to keep ``import`` cheap."""
     from .trainers import BestOfNConfig, DPOConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig, TRPOConfig
 
     def job(name, *bases):
