@@ -162,3 +162,59 @@ def test_bf16_greedy_equals_transformers_generate(small_llama):
     out = KVCacheGenerator(model, 2, 0, backend="fast").generate(prompts, SamplingParams(max_new_tokens=12,
                                                                                          greedy=True))
     assert torch.equal(out.response_ids, ref)
+
+
+def _greedy_matches_transformers(model, prompts, new_tokens=10):
+    ids, mask = left_pad(prompts, 0)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
+    out = KVCacheGenerator(model, 2, 0, backend="fast").generate(
+        prompts, SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, greedy=True))
+    return torch.equal(out.response_ids, ref)
+
+
+def test_fast_backend_projection_biases_qwen2():
+    # Qwen2 has q/k/v biases: the decode step's weight-major GEMM must add them (addmm path)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                assert proj.bias is not None
+                proj.bias.normal_(0, 0.5)  # large enough that ignoring them changes the tokens
+    assert _greedy_matches_transformers(model, _prompts(5, [7, 3, 9]))
+
+
+def test_fast_backend_samples_from_a_lora_policy():
+    # LoRA-wrapped projections are not plain nn.Linear: the decode step must call them as modules
+    peft = pytest.importorskip("peft")
+    model = build_tiny_llama(seed=0, vocab_size=97, hidden_size=64, num_layers=2, num_heads=4,
+                             intermediate_size=128, max_position_embeddings=128)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                          "up_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter (lora_B starts at zero)
+    lora.eval()
+    prompts = _prompts(6, [5, 8, 2])
+    assert _greedy_matches_transformers(lora, prompts)
+    greedy = SamplingParams(max_new_tokens=10, greedy=True)
+    with_adapter = KVCacheGenerator(lora, 2, 0, backend="fast").generate(prompts, greedy).response_ids
+    with lora.disable_adapter():
+        without = KVCacheGenerator(lora, 2, 0, backend="fast").generate(prompts, greedy).response_ids
+    assert not torch.equal(with_adapter, without)  # the adapter matters, so the first check has teeth
+
+
+def test_fast_backend_single_token_prompts_and_long_decode():
+    # one-token prompts (the prefill is a single query), a decode that fills the whole cache, and greedy
+    # decoding that honours min_new_tokens (EOS is the argmax of one row at step 12)
+    model = build_tiny_llama(seed=1, vocab_size=97, hidden_size=64, num_layers=2, num_heads=4,
+                             intermediate_size=128, max_position_embeddings=128)
+    assert _greedy_matches_transformers(model, [[5], [9], [17]], new_tokens=40)
+    assert _greedy_matches_transformers(model, _prompts(8, [1, 6, 11]), new_tokens=40)
