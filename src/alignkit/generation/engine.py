@@ -26,15 +26,18 @@ FAST_PATH_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def _norm_fn(module: torch.nn.Module):
-    """Return a fast equivalent of an RMSNorm module (``F.rms_norm``, bitwise equal to transformers'
-    Llama/Qwen2 RMSNorm in fp32), or the module itself when it is not of that form."""
+    """Return a fast equivalent of an RMSNorm module, bitwise equal to transformers' Llama/Qwen2 RMSNorm
+    (normalise in fp32, cast back, then scale by the weight), or the module itself when it is not of
+    that form."""
     eps = getattr(module, "variance_epsilon", None)
     weight = getattr(module, "weight", None)
-    if type(module).__name__.endswith("RMSNorm") and eps is not None and weight is not None and hasattr(
-            torch.nn.functional, "rms_norm") and weight.dtype == torch.float32:
-        shape = (weight.shape[-1],)
+    if not (type(module).__name__.endswith("RMSNorm") and eps is not None and weight is not None and hasattr(
+            torch.nn.functional, "rms_norm")):
+        return module
+    shape = (weight.shape[-1],)
+    if weight.dtype == torch.float32:
         return lambda x: torch.nn.functional.rms_norm(x, shape, weight, eps)
-    return module
+    return lambda x: weight * torch.nn.functional.rms_norm(x.float(), shape, None, eps).to(x.dtype)
 
 
 def _decode_linear(module: torch.nn.Module):
@@ -100,16 +103,27 @@ class LlamaStaticCacheBackend:
 
     @staticmethod
     def _decode_callables(layer) -> tuple:
-        """(q, k, v, o, mlp) callables on 2-D ``[N, features]`` activations for one decode step."""
+        """(qkv, o, mlp) callables on 2-D ``[N, features]`` activations for one decode step; ``qkv(x)`` gives
+        the queries, keys and values side by side, ``[N, (H + 2 * H_kv) * D]``."""
         attn, mlp = layer.self_attn, layer.mlp
-        parts = [_decode_linear(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        projections = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if all(type(p) is torch.nn.Linear for p in projections) and len({p.bias is None for p in projections}) == 1:
+            # one GEMM for the three (a copy of their weights, made per generate call so it sees updates)
+            fused = torch.nn.Linear(1, 1, bias=False)
+            fused.weight = torch.nn.Parameter(torch.cat([p.weight for p in projections]), requires_grad=False)
+            if projections[0].bias is not None:
+                fused.bias = torch.nn.Parameter(torch.cat([p.bias for p in projections]), requires_grad=False)
+            qkv = _decode_linear(fused)
+        else:  # LoRA or other wrapped projections: call each module
+            q, k, v = (_decode_linear(p) for p in projections)
+            qkv = lambda x: torch.cat([q(x), k(x), v(x)], dim=-1)  # noqa: E731
         if all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             gate, up, down, act = (_decode_linear(mlp.gate_proj), _decode_linear(mlp.up_proj),
                                    _decode_linear(mlp.down_proj), mlp.act_fn)
-            parts.append(lambda x: down(act(gate(x)) * up(x)))  # the Llama/Mistral/Qwen2 gated MLP
+            mlp_fn = lambda x: down(act(gate(x)) * up(x))  # noqa: E731  (the Llama/Mistral/Qwen2 gated MLP)
         else:
-            parts.append(mlp)
-        return tuple(parts)
+            mlp_fn = mlp
+        return qkv, _decode_linear(attn.o_proj), mlp_fn
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One decode step on 2-D activations: ``tokens [N]`` written at cache slot ``length``; returns the
@@ -119,20 +133,19 @@ class LlamaStaticCacheBackend:
         h = dec.embed_tokens(tokens)
         cos, sin = dec.rotary_emb(h, self.next_pos[:, None])  # [N, 1, D]: broadcast over heads
         half = self.head_dim // 2
+        # RoPE: x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*[-sin1, sin2] exactly
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         slot = self.length
-        for idx, (q_proj, k_proj, v_proj, o_proj, mlp) in enumerate(self.decode_layers):
-            x = self.input_norms[idx](h)
-            q = q_proj(x).view(n, self.num_heads, self.head_dim)
-            k = k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-            v = v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-            q = q * cos + q.roll(half, dims=-1) * sin
-            k = k * cos + k.roll(half, dims=-1) * sin
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        for idx, (qkv_proj, o_proj, mlp) in enumerate(self.decode_layers):
+            qkv = qkv_proj(self.input_norms[idx](h)).view(n, heads + 2 * kv_heads, self.head_dim)
+            qk = qkv[:, : heads + kv_heads]
+            qk = qk * cos + qk.roll(half, dims=-1) * sin  # queries and keys rotated together
             cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
-            cache_k[:, :, slot] = k
-            cache_v[:, :, slot] = v
-            out = self._decode_attention(q.contiguous()[:, :, None], cache_k, cache_v, slot)
-            h = h + o_proj(out.view(n, self.num_heads * self.head_dim))
+            cache_k[:, :, slot] = qk[:, heads:]
+            cache_v[:, :, slot] = qkv[:, heads + kv_heads:]
+            out = self._decode_attention(qk[:, :heads].contiguous()[:, :, None], cache_k, cache_v, slot)
+            h = h + o_proj(out.view(n, heads * self.head_dim))
             h = h + mlp(self.post_norms[idx](h))
         self.length += 1
         return self.final_norm(h)
@@ -341,34 +354,48 @@ class KVCacheGenerator:
             t_prefill = time.perf_counter() - t0
             steps = 0
             truncate = sampling.top_k > 0 or sampling.top_p < 1.0
+            any_done = False  # Python-side flag: skip the per-row bookkeeping until some row has ended
             for t in range(sampling.max_new_tokens):
+                eos_allowed = t >= sampling.min_new_tokens
                 # one pass: log-probs of the full tempered distribution (what the trainer recomputes)
-                logp_full = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
+                scores = logits.float()
+                if sampling.temperature != 1.0:
+                    scores = scores / sampling.temperature
+                logp_full = torch.log_softmax(scores, dim=-1)
                 if sampling.greedy:
-                    if t < sampling.min_new_tokens:  # EOS forbidden, as transformers' MinNewTokens processor
+                    if not eos_allowed:  # EOS forbidden, as transformers' MinNewTokens processor
                         logits = logits.clone()
                         logits[:, eos] = float("-inf")
                     token = logits.argmax(-1)
                 else:
                     if truncate:
                         scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-                        if t < sampling.min_new_tokens:
+                        if not eos_allowed:
                             scores[:, eos] = float("-inf")
                         probs = torch.softmax(scores, -1)
                     else:
                         probs = logp_full.exp()
-                        if t < sampling.min_new_tokens:  # EOS forbidden: zero it (the sampler renormalises)
+                        if not eos_allowed:  # EOS forbidden: zero it (the sampler renormalises)
                             probs[:, eos] = 0.0
                     token = sample_from_probs(probs, rng)
                 logp = logp_full.gather(-1, token[:, None]).squeeze(-1)
-                token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
+                if any_done:
+                    token = token.masked_fill(done, self.pad_token_id)
+                    logp = logp.masked_fill(done, 0.0)
                 tokens_out[:, t] = token
-                logprobs_out[:, t] = torch.where(done, torch.zeros_like(logp), logp)
-                hit_eos = torch.isin(token, eos) & ~done
-                finished |= hit_eos
-                done |= hit_eos
+                logprobs_out[:, t] = logp
                 steps = t + 1
-                if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+                if eos_allowed:  # before min_new_tokens no row can end
+                    hit_eos = torch.isin(token, eos)
+                    if any_done:
+                        hit_eos &= ~done
+                    if bool(hit_eos.any()):
+                        finished |= hit_eos
+                        done |= hit_eos
+                        any_done = True
+                        if bool(done.all()):
+                            break
+                if t + 1 == sampling.max_new_tokens:
                     break
                 logits = backend.step(token)
         finally:
