@@ -218,3 +218,42 @@ def test_fast_backend_single_token_prompts_and_long_decode():
                              intermediate_size=128, max_position_embeddings=128)
     assert _greedy_matches_transformers(model, [[5], [9], [17]], new_tokens=40)
     assert _greedy_matches_transformers(model, _prompts(8, [1, 6, 11]), new_tokens=40)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_never_reads_garbage_from_unfilled_cache_slots(dtype):
+    # the cache is allocated with torch.empty; the bf16 decode attention reads slots past the filled ones
+    # (masked): poisoning them with NaN must change nothing
+    from alignkit.generation.engine import LlamaStaticCacheBackend
+
+    model = build_tiny_llama(seed=2, vocab_size=97, hidden_size=64, num_layers=2, num_heads=4,
+                             intermediate_size=128, max_position_embeddings=128).to(dtype)
+    ids, mask = left_pad(_prompts(9, [4, 9, 6]), 0)
+
+    def decode(poison: bool) -> torch.Tensor:
+        backend = LlamaStaticCacheBackend(model)
+        with torch.no_grad():
+            logits = backend.prefill(ids, mask, 70)
+            if poison:
+                for cache in backend.cache_k + backend.cache_v:
+                    cache[:, :, backend.length:] = float("nan")
+            out = [logits]
+            for _ in range(69):
+                out.append(backend.step(out[-1].argmax(-1)))
+        return torch.stack(out)
+
+    clean, poisoned = decode(False), decode(True)
+    assert torch.isfinite(poisoned).all()
+    assert torch.equal(clean, poisoned)
+
+
+def test_generation_leaves_the_global_rng_alone(small_llama):
+    # a seeded generate must not draw from (or advance) torch's global generator: training code that seeds
+    # it (initialising a reward head, shuffling) would otherwise change with the sampler's internals
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for backend in BACKENDS:
+        KVCacheGenerator(small_llama, 2, 0, backend=backend).generate(
+            [[3, 4, 5], [6]], SamplingParams(max_new_tokens=4, n=2, seed=7))
+    assert torch.equal(torch.rand(3), expected)

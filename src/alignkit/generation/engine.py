@@ -50,7 +50,11 @@ def _decode_linear(module: torch.nn.Module):
     """
     if type(module) is not torch.nn.Linear:
         return module
-    weight, bias = module.weight, module.bias
+    return _weight_major_linear(module.weight, module.bias)
+
+
+def _weight_major_linear(weight: torch.Tensor, bias: torch.Tensor | None):
+    """``x [N, in] -> x @ weight.T + bias`` computed as ``(weight @ x.T + bias[:, None]).T``."""
     if bias is None:
         return lambda x: torch.mm(weight, x.t()).t()
     return lambda x: torch.addmm(bias[:, None], weight, x.t()).t()
@@ -81,6 +85,7 @@ class LlamaStaticCacheBackend:
         self.key_mask: torch.Tensor | None = None  # [N, L] bool: which cache slots hold real tokens
         self.length = 0  # filled cache slots
         self.no_padding = False  # every prompt slot is a real token
+        self.zeroed_until = 0
         self.next_pos: torch.Tensor | None = None  # [N] position id of the next token
 
     @staticmethod
@@ -109,11 +114,8 @@ class LlamaStaticCacheBackend:
         projections = [attn.q_proj, attn.k_proj, attn.v_proj]
         if all(type(p) is torch.nn.Linear for p in projections) and len({p.bias is None for p in projections}) == 1:
             # one GEMM for the three (a copy of their weights, made per generate call so it sees updates)
-            fused = torch.nn.Linear(1, 1, bias=False)
-            fused.weight = torch.nn.Parameter(torch.cat([p.weight for p in projections]), requires_grad=False)
-            if projections[0].bias is not None:
-                fused.bias = torch.nn.Parameter(torch.cat([p.bias for p in projections]), requires_grad=False)
-            qkv = _decode_linear(fused)
+            bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+            qkv = _weight_major_linear(torch.cat([p.weight for p in projections]), bias)
         else:  # LoRA or other wrapped projections: call each module
             q, k, v = (_decode_linear(p) for p in projections)
             qkv = lambda x: torch.cat([q(x), k(x), v(x)], dim=-1)  # noqa: E731
@@ -153,24 +155,39 @@ class LlamaStaticCacheBackend:
     def _decode_attention(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int):
         """Attention of one query per row ``q [N, H, 1, D]`` over cache slots ``[0, slot]``; ``[N, H, 1, D]``.
 
-        fp32: the SDPA kernel over the filled slots. Other dtypes: two matmuls over the *whole* preallocated
-        cache, unfilled slots masked out (the cache is zero-initialised, so they add exact zeros) and the
-        softmax in fp32 as transformers' eager attention does. The fixed shape lets oneDNN reuse one bf16
-        matmul primitive for every step instead of building one per cache length; at batch 64 that is 3-4x
-        faster than the CPU flash kernel for single-token queries.
+        fp32: the SDPA kernel over the filled slots. Other dtypes: two matmuls over the slots up to the next
+        multiple of ``ATTENTION_BUCKET`` (unfilled ones masked out and zeroed, so they add exact zeros), with
+        the softmax in fp32 as transformers' eager attention does. Few distinct shapes let oneDNN reuse its
+        bf16 matmul primitives instead of building one per cache length; at batch 64 that is 3-4x faster
+        than the CPU flash kernel for single-token queries.
         """
-        keys, values = (cache_k[:, :, : slot + 1], cache_v[:, :, : slot + 1]) if q.dtype == torch.float32 else (
-            cache_k, cache_v)
+        fp32 = q.dtype == torch.float32
+        width = slot + 1 if fp32 else self._bucket_end(slot)
+        keys, values = cache_k[:, :, :width], cache_v[:, :, :width]
         if self.num_kv_heads != self.num_heads:
             rep = self.num_heads // self.num_kv_heads
             keys = keys.repeat_interleave(rep, dim=1)
             values = values.repeat_interleave(rep, dim=1)
-        if q.dtype == torch.float32:
-            mask = None if self.no_padding else self.key_mask[:, None, None, : slot + 1]
+        if fp32:
+            mask = None if self.no_padding else self.key_mask[:, None, None, :width]
             return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
         scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale)
-        scores.masked_fill_(~self.key_mask[:, None, None, :], float("-inf"))
+        scores.masked_fill_(~self.key_mask[:, None, None, :width], float("-inf"))
         return torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
+
+    ATTENTION_BUCKET = 32  # cache slots per bucket in the non-fp32 decode attention
+
+    def _bucket_end(self, slot: int) -> int:
+        """End of the bucket holding ``slot``; zeroes the cache slots past ``slot`` in it the first time (the
+        cache is allocated empty, and 0 * garbage could be NaN)."""
+        total = self.key_mask.shape[1]
+        end = min(total, -(-(slot + 1) // self.ATTENTION_BUCKET) * self.ATTENTION_BUCKET)
+        if end > self.zeroed_until:
+            start = max(self.zeroed_until, slot + 1)
+            for cache in (*self.cache_k, *self.cache_v):
+                cache[:, :, start:end].zero_()
+            self.zeroed_until = end
+        return end
 
     def _prefill_attention(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor) -> torch.Tensor:
         """Self-attention of the prompts ``h [N, P, d]`` (``attn_mask [N, 1, P, P]``, True = may attend),
@@ -218,9 +235,9 @@ class LlamaStaticCacheBackend:
         param = next(self.model.parameters())
         shape = (n, self.num_kv_heads, total, self.head_dim)
         layers = len(self.decoder.layers)
-        # zeros, not empty: decode attention may read unfilled slots (masked), and 0 * garbage could be NaN
-        self.cache_k = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
-        self.cache_v = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
+        self.cache_k = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
+        self.cache_v = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
+        self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         self.key_mask = torch.zeros((n, total), dtype=torch.bool, device=input_ids.device)
         self.key_mask[:, :p] = mask.bool()
         self.no_padding = bool(mask.bool().all())  # then decode attention needs no mask over filled slots
