@@ -41,7 +41,8 @@ class Rollout:
     Tensors (P = padded prompt length, R = padded response length):
         prompt_ids, prompt_mask: ``[N, P]`` left-padded.
         response_ids, response_mask: ``[N, R]`` right-padded; the mask includes the EOS token.
-        logprobs: ``[N, R]`` policy log-probs recomputed in fp32 (training-mode forward, no grad).
+        logprobs: ``[N, R]`` policy log-probs recomputed in fp32 (training-mode forward, no grad; 0 at
+            padding).
         sampler_logprobs: ``[N, R]`` log-probs reported by the generator.
         ref_logprobs: ``[N, R]`` or None, reference-model log-probs.
         values: ``[N, R]`` or None, critic values V(s_t).
@@ -249,6 +250,7 @@ def collect_rollout(
     max_prompt_length: int | None = None,
     prompt_truncation: str = "error",
     forward_batch_size: int | None = None,
+    policy_logprobs: bool = True,
 ) -> Rollout:
     """Sample ``sampling.n`` responses per prompt, score them, and compute log-probs (and values).
 
@@ -267,6 +269,9 @@ def collect_rollout(
         missing_eos_penalty: score given to responses that never produced EOS (None: keep their score).
         max_prompt_length, prompt_truncation: see :func:`tokenize_prompts`.
         forward_batch_size: micro-batch size for the log-prob and value forwards (None: all at once).
+        policy_logprobs: False leaves ``logprobs`` to the caller (``None`` here): a trainer whose update is
+            one on-policy step fills them from the update's own forward pass (see
+            ``OnlineTrainer.fuses_policy_forward``).
     Returns:
         a :class:`Rollout` with ``stats`` holding per-stage seconds and batch statistics.
     """
@@ -297,13 +302,15 @@ def collect_rollout(
     t = _lap(stats, "time/score_s", t)
 
     device = comp.response_ids.device
-    was_training = policy.training
-    policy.train()  # dropout is off in RL models: training mode only matters for layers like batch-norm
-    try:
-        logprobs = response_logprobs(policy, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
-                                     comp.response_mask, sampling.temperature, forward_batch_size)
-    finally:
-        policy.train(was_training)
+    logprobs = None
+    if policy_logprobs:
+        was_training = policy.training
+        policy.train()  # dropout is off in RL models: training mode only matters for layers like batch-norm
+        try:
+            logprobs = response_logprobs(policy, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                         comp.response_mask, sampling.temperature, forward_batch_size)
+        finally:
+            policy.train(was_training)
     t = _lap(stats, "time/policy_logprobs_s", t)
     ref_logprobs = None
     if reference is not None:
@@ -322,8 +329,9 @@ def collect_rollout(
         "eos_rate": float(comp.finished.float().mean()),
         "score_mean": float(scores.mean()),
         "raw_score_mean": float(raw_scores.mean()),
-        "sampler_logprob_max_abs_diff": float((logprobs - comp.logprobs).abs().max()),
     })
+    if logprobs is not None:
+        stats["sampler_logprob_max_abs_diff"] = float((logprobs - comp.logprobs).abs().max())
     return Rollout(
         prompt_ids=comp.prompt_ids,
         prompt_mask=comp.prompt_mask,

@@ -145,3 +145,36 @@ def test_trpo_learns_and_every_accepted_step_respects_the_trust_region(tok, prom
     for run, delta in ((h, 0.05), (tight, 0.002)):
         accepted = [x for x in run if x["trpo/accepted"] == 1.0]
         assert accepted and all(0.1 * delta < x["trpo/kl"] <= delta for x in accepted)
+
+
+@pytest.mark.parametrize("kl_penalty, entropy_coef", [("reward", 0.0), ("loss", 0.01)])
+def test_fused_on_policy_forward_matches_a_separate_log_prob_pass(tok, prompts, tmp_path, monkeypatch,
+                                                                  kl_penalty, entropy_coef):
+    # one on-policy step per rollout: the rollout's policy log-probs come from the update's own forward; the
+    # run must match the one with a separate no-grad log-prob pass (same KL, advantages, losses, weights)
+    def run(out, fused):
+        monkeypatch.setattr(ReinforceTrainer, "fuses_policy_forward", lambda self: fused)
+        cfg = _cfg(ReinforceConfig, out, num_steps=3, kl_penalty=kl_penalty, kl_coef=0.1, kl_estimator="k3",
+                   temperature=0.7, entropy_coef=entropy_coef)
+        torch.manual_seed(0)
+        trainer = ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, contains("good"))
+        return trainer.train(), trainer.policy
+
+    separate, policy_a = run(tmp_path / "a", False)
+    fused, policy_b = run(tmp_path / "b", True)
+    for a, b in zip(separate, fused, strict=True):
+        for k in ("score", "kl", "policy_loss", "advantage_mean", "total_reward", "grad_norm", "entropy_proxy"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (k, a["step"], a[k], b[k])
+    for pa, pb in zip(policy_a.parameters(), policy_b.parameters(), strict=True):
+        # summation order differs (the update's micro-batch is shuffled): Adam (lr 1e-2) moves weights alike
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    assert fused[0]["time/policy_logprobs_s"] > 0  # the fused forward is still timed as that stage
+
+
+def test_fused_forward_is_used_only_for_a_single_on_policy_step(tok, prompts, tmp_path):
+    def fuses(**kw):
+        return ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, **kw), tasks.model(tok), tok, prompts,
+                                contains("good")).fuses_policy_forward()
+
+    assert fuses()
+    assert not fuses(update_epochs=2) and not fuses(num_minibatches=2) and not fuses(grad_accum_steps=2)

@@ -194,6 +194,7 @@ class OnlineTrainer(ABC):
         self.logger = MetricsLogger(self.run_dir, tensorboard=config.tensorboard, progress_total=config.num_steps,
                                     progress=config.progress)
         self._times: dict[str, float] = {}
+        self.fused_forward: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see fuses_policy_forward
 
     # ------------------------------------------------------------------------------------ hooks
     def critic(self):
@@ -207,6 +208,13 @@ class OnlineTrainer(ABC):
     @abstractmethod
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Update the policy (and critic) on the rollout; returns metrics."""
+
+    def fuses_policy_forward(self) -> bool:
+        """True when ``update`` makes a single on-policy optimiser step on one micro-batch holding the whole
+        rollout. Then the rollout's policy log-probs are taken from that step's own forward pass (with grad,
+        training mode, fp32, same temperature) instead of a separate no-grad forward: the same numbers, one
+        forward fewer per step. ``update`` finds the pass in ``self.fused_forward``."""
+        return False
 
     def extra_checkpoint_modules(self) -> dict:
         """``{name: (module, optimizer)}`` saved with checkpoints (e.g. the critic)."""
@@ -257,11 +265,23 @@ class OnlineTrainer(ABC):
         prompts = [self.prompts[i] for i in idx]
         columns = {k: [v[i] for i in idx] for k, v in self.columns.items()}
         penalty = None if math.isnan(cfg.missing_eos_penalty) else cfg.missing_eos_penalty
-        return collect_rollout(prompts, self.tokenizer, self.generator, self.reward_fn, self.policy, self.sampling(),
-                               reference=self.reference, critic=self.critic(), columns=columns,
-                               missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
-                               prompt_truncation=cfg.prompt_truncation,
-                               forward_batch_size=cfg.forward_batch_size or None)
+        fused = self.fuses_policy_forward()
+        rollout = collect_rollout(prompts, self.tokenizer, self.generator, self.reward_fn, self.policy,
+                                  self.sampling(), reference=self.reference, critic=self.critic(), columns=columns,
+                                  missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
+                                  prompt_truncation=cfg.prompt_truncation,
+                                  forward_batch_size=cfg.forward_batch_size or None, policy_logprobs=not fused)
+        if fused:
+            start = time.perf_counter()
+            self.policy.train()
+            logp, entropy = policy_forward(self.policy, rollout, torch.arange(len(rollout)), cfg.temperature,
+                                           cfg.entropy_coef != 0.0)
+            self.fused_forward = (logp, entropy)
+            rollout.logprobs = logp.detach() * rollout.response_mask
+            rollout.stats["sampler_logprob_max_abs_diff"] = float(
+                (rollout.logprobs - rollout.sampler_logprobs).abs().max())
+            rollout.stats["time/policy_logprobs_s"] = time.perf_counter() - start
+        return rollout
 
     def rollout_metrics(self, rollout: Rollout, beta: float) -> dict[str, float]:
         m = rollout.response_mask.float()
@@ -317,6 +337,8 @@ class OnlineTrainer(ABC):
                     raise
                 self.skipped_updates += 1
                 self.optimizer.zero_grad(set_to_none=True)
+            finally:
+                self.fused_forward = None  # frees the graph of a fused forward
             if "kl" in metrics:
                 self.kl_controller.update(metrics["kl"], cfg.rollout_size)
             self.step += 1

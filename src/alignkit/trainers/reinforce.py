@@ -11,7 +11,9 @@ policies"):
     (the *total* reward, not reward-to-go: the vanilla estimator of the seeds);
   * loss: -A * sum_t log pi(a_t|s_t), aggregated by ``loss_agg`` (default ``seq-mean-token-sum``: exactly
     the estimator 1/n sum_i A_i grad log pi(y_i|x));
-  * one optimiser step per rollout by default (on-policy). With ``update_epochs`` or ``num_minibatches``
+  * one optimiser step per rollout by default (on-policy); the rollout's policy log-probs (for the KL and
+    the metrics) are then read from that step's own forward pass instead of a separate one (TRL's GRPO
+    does the same with one iteration per batch). With ``update_epochs`` or ``num_minibatches``
     > 1 the later updates are off-policy, so the loss becomes the clipped importance-weighted surrogate
     (PPO-clip with ``clip_eps``), which has the same gradient at ratio 1 (GRPO's choice).
 """
@@ -50,6 +52,10 @@ class ReinforceConfig(OnlineConfig):
 class ReinforceTrainer(OnlineTrainer):
     name = "reinforce"
 
+    def fuses_policy_forward(self) -> bool:
+        cfg = self.config
+        return cfg.update_epochs == 1 and cfg.num_minibatches == 1 and cfg.grad_accum_steps == 1
+
     def compute_advantages(self, rollout, beta):
         total = rollout.scores.float()
         if self.config.kl_penalty == "reward" and rollout.ref_logprobs is not None:
@@ -73,7 +79,10 @@ class ReinforceTrainer(OnlineTrainer):
                 normalizer = float(mask_mb.sum()) if cfg.loss_agg == "token-mean" else float(len(rows))
                 for micro in minibatch:
                     mask = rollout.response_mask[micro]
-                    logp, entropy = policy_forward(self.policy, rollout, micro, cfg.temperature, want_entropy)
+                    if self.fused_forward is not None:  # the rollout's own forward, over all rows in order
+                        logp, entropy = (t[micro] if t is not None else None for t in self.fused_forward)
+                    else:
+                        logp, entropy = policy_forward(self.policy, rollout, micro, cfg.temperature, want_entropy)
                     if multi:
                         loss, m = ppo_clip_loss(logp, rollout.logprobs[micro], adv[micro], mask, cfg.clip_eps,
                                                 agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
