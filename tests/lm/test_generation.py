@@ -257,3 +257,47 @@ def test_generation_leaves_the_global_rng_alone(small_llama):
         KVCacheGenerator(small_llama, 2, 0, backend=backend).generate(
             [[3, 4, 5], [6]], SamplingParams(max_new_tokens=4, n=2, seed=7))
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_rms_norm_is_bitwise_transformers_rms_norm(dtype):
+    from alignkit.generation.engine import _norm_fn
+
+    norm = build_tiny_llama(seed=0, vocab_size=97, hidden_size=64, num_layers=1, num_heads=4,
+                            intermediate_size=128).to(dtype).model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    fast = _norm_fn(norm)
+    assert fast is not norm
+    for shape in [(16, 64), (3, 5, 64)]:
+        x = (torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+        assert torch.equal(fast(x), norm(x))
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "dynamic", "factor": 2.0}])
+def test_rope_table_gives_the_per_step_rotary_embedding(rope, monkeypatch):
+    # the decode step reads cos/sin from a table made at prefill; it must equal calling the model's rotary
+    # embedding at each step (and rope types whose frequencies depend on the length seen get no table)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignkit.generation.engine import LlamaStaticCacheBackend
+
+    extra = {} if rope is None else {"rope_parameters": {"rope_theta": 10000.0, **rope}}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=24, **extra)).eval()
+    ids, mask = left_pad(_prompts(4, [3, 9, 6]), 0)
+
+    def decode(table: bool) -> torch.Tensor:
+        backend = LlamaStaticCacheBackend(model)
+        if not table:
+            monkeypatch.setattr(backend, "_make_rope_table", lambda *a: setattr(backend, "rope_table", None))
+        with torch.no_grad():
+            out = [backend.prefill(ids, mask, 30)]  # past max_position_embeddings: dynamic NTK rescales
+            for _ in range(29):
+                out.append(backend.step(out[-1].argmax(-1)))
+        assert (backend.rope_table is None) == (not table or (rope or {}).get("rope_type") == "dynamic")
+        return torch.stack(out)
+
+    assert torch.equal(decode(True), decode(False))
