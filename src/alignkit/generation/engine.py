@@ -3,9 +3,13 @@
 One decoding loop (:class:`KVCacheGenerator`) over one of two forward backends:
 
 * :class:`LlamaStaticCacheBackend` for Llama-family models (llama, mistral, qwen2): the model's own
-  modules (embeddings, norms, projections, MLP, rotary embedding) run in a lean loop with a KV cache
-  preallocated once for prompt + max_new_tokens. No per-step mask building, cache concatenation or
-  output objects, which is where ``model.generate`` spends its time on small and medium models.
+  weights and modules run in a lean loop with a KV cache preallocated once for prompt + max_new_tokens.
+  No per-step mask building, cache concatenation or output objects, which is where ``model.generate``
+  spends its time on small and medium models. The decode step works on 2-D ``[N, d]`` activations with
+  weight-major GEMMs ``(W @ x.T).T`` (about 2x faster than ``x @ W.T`` on CPU at batch sizes of tens),
+  RMSNorm and RoPE as transformers computes them (RoPE from a per-call table), and, outside fp32, an
+  attention over fixed-size buckets of the cache. docs/benchmarks.md measures it against
+  ``model.generate``.
 * :class:`HFCacheBackend` for any other causal LM: the model's ``forward`` with its own cache object.
 
 Both give the same tokens as ``model.generate`` for greedy decoding (a test checks this token for token).
