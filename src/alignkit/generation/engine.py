@@ -49,6 +49,12 @@ def _norm_fn(module: torch.nn.Module):
     return rms_norm
 
 
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding ``x*cos + rotate_half(x)*sin`` with the sine's first half negated beforehand:
+    rotate_half(x)*sin == roll(x, D/2)*[-sin1, sin2] exactly, one op fewer per call."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
 def _decode_linear(module: torch.nn.Module):
     """A decode-step equivalent of ``module`` for ``x [N, in] -> [N, out]``.
 
@@ -135,8 +141,7 @@ class LlamaStaticCacheBackend:
         dec = self.decoder
         n = tokens.shape[0]
         h = dec.embed_tokens(tokens)
-        cos, sin = self._rope(h, self.next_pos)  # [N, 1, D]: broadcast over heads
-        half = self.head_dim // 2
+        cos, sin = (t[:, :, 0] for t in self._rope(h, self.next_pos[:, None]))  # [N, 1, D]: over heads
         slot = self.length
         heads, kv_heads = self.num_heads, self.num_kv_heads
         if self.decode_layers is None:
@@ -145,8 +150,7 @@ class LlamaStaticCacheBackend:
             x = self.input_norms[idx](h)
             q = q_proj(x).view(n, heads, self.head_dim)
             k = k_proj(x).view(n, kv_heads, self.head_dim)
-            q = q * cos + q.roll(half, dims=-1) * sin
-            k = k * cos + k.roll(half, dims=-1) * sin
+            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
             cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
             cache_k[:, :, slot] = k
             cache_v[:, :, slot] = v_proj(x).view(n, kv_heads, self.head_dim)
@@ -156,29 +160,33 @@ class LlamaStaticCacheBackend:
         self.length += 1
         return self.final_norm(h)
 
-    def _rope(self, h: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin ``[N, 1, D]`` at ``positions [N]`` (the table made at prefill, when there is one).
-
-        RoPE is x*cos + rotate_half(x)*sin, and rotate_half(x)*sin == roll(x, half)*[-sin1, sin2] exactly, so
-        the sign is folded into the sine once.
-        """
+    def _rope(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin ``[N, 1, q, D]`` at ``positions [N, q]``, in ``like``'s dtype (broadcast over
+        heads); read from the table made at prefill when there is one. See :func:`_apply_rope`."""
         if self.rope_table is not None:
             cos_table, sin_table = self.rope_table
             return cos_table[positions][:, None], sin_table[positions][:, None]
-        cos, sin = self.decoder.rotary_emb(h, positions[:, None])
+        cos, sin = self.decoder.rotary_emb(like, positions)
         half = self.head_dim // 2
-        return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        return cos[:, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
 
     def _make_rope_table(self, like: torch.Tensor, length: int) -> None:
         """Tabulate cos and signed sin for positions [0, length) in ``like``'s dtype. The rotary embedding
-        computes each entry from its own position alone, so the table holds the numbers per-step calls give.
+        computes each entry from its own position alone, so the table holds the numbers per-call use gives.
         Skipped for rope types whose frequencies depend on the longest sequence seen (dynamic NTK, LongRoPE)."""
         self.rope_table = None
         rope_type = str(getattr(self.decoder.rotary_emb, "rope_type", "default"))
         if "dynamic" in rope_type or "longrope" in rope_type:
             return
-        cos, sin = self._rope(like, torch.arange(length, device=like.device))
-        self.rope_table = (cos[:, 0], sin[:, 0])
+        cos, sin = self._rope(like, torch.arange(length, device=like.device)[None])
+        self.rope_table = (cos[0, 0], sin[0, 0])
+
+    def _repeat_kv(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grouped-query attention: each of the ``H_kv`` key/value heads serves ``H / H_kv`` query heads."""
+        if self.num_kv_heads == self.num_heads:
+            return keys, values
+        rep = self.num_heads // self.num_kv_heads
+        return keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
 
     def _decode_attention(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int):
         """Attention of one query per row ``q [N, H, 1, D]`` over cache slots ``[0, slot]``; ``[N, H, 1, D]``.
@@ -191,11 +199,7 @@ class LlamaStaticCacheBackend:
         """
         fp32 = q.dtype == torch.float32
         width = slot + 1 if fp32 else self._bucket_end(slot)
-        keys, values = cache_k[:, :, :width], cache_v[:, :, :width]
-        if self.num_kv_heads != self.num_heads:
-            rep = self.num_heads // self.num_kv_heads
-            keys = keys.repeat_interleave(rep, dim=1)
-            values = values.repeat_interleave(rep, dim=1)
+        keys, values = self._repeat_kv(cache_k[:, :, :width], cache_v[:, :, :width])
         if fp32:
             mask = None if self.no_padding else self.key_mask[:, None, None, :width]
             return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
@@ -225,17 +229,10 @@ class LlamaStaticCacheBackend:
         q = attn.q_proj(h).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        # RoPE: x*cos + rotate_half(x)*sin, with rotate_half(x)*sin == roll(x, half)*[-sin1, sin2] exactly
-        half = self.head_dim // 2
-        q = q * cos + q.roll(half, dims=-1) * sin
-        k = k * cos + k.roll(half, dims=-1) * sin
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         self.cache_k[idx][:, :, :q_len] = k
         self.cache_v[idx][:, :, :q_len] = v
-        keys, values = k, v
-        if self.num_kv_heads != self.num_heads:
-            rep = self.num_heads // self.num_kv_heads
-            keys = keys.repeat_interleave(rep, dim=1)
-            values = values.repeat_interleave(rep, dim=1)
+        keys, values = self._repeat_kv(k, v)
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim)
         return attn.o_proj(out)
@@ -246,10 +243,7 @@ class LlamaStaticCacheBackend:
         position's final hidden state ``[N, 1, d]``."""
         dec = self.decoder
         h = dec.embed_tokens(input_ids)
-        cos, sin = dec.rotary_emb(h, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, q, d]: broadcast over heads
-        half = sin.shape[-1] // 2
-        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # signed once per step, for all layers
+        cos, sin = self._rope(h, position_ids)  # [N, 1, P, D], once for all layers
         for idx, layer in enumerate(dec.layers):
             h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask)
             h = h + layer.mlp(self.post_norms[idx](h))
@@ -450,8 +444,8 @@ class KVCacheGenerator:
                 self.model.train()
         tokens_out, logprobs_out = tokens_out[:, :steps], logprobs_out[:, :steps]
         # response mask: tokens up to and including the first EOS
-        ended_before = torch.cumsum(torch.isin(tokens_out, eos).long(), dim=1) - torch.isin(tokens_out, eos).long()
-        response_mask = (ended_before == 0).long()
+        is_eos = torch.isin(tokens_out, eos).long()
+        response_mask = (torch.cumsum(is_eos, dim=1) - is_eos == 0).long()
         elapsed = time.perf_counter() - t0
         stats = {
             "prefill_s": t_prefill,
