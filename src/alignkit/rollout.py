@@ -42,7 +42,7 @@ class Rollout:
         prompt_ids, prompt_mask: ``[N, P]`` left-padded.
         response_ids, response_mask: ``[N, R]`` right-padded; the mask includes the EOS token.
         logprobs: ``[N, R]`` policy log-probs recomputed in fp32 (training-mode forward, no grad; 0 at
-            padding).
+            padding); None until :meth:`set_policy_logprobs` when ``collect_rollout`` left them to the trainer.
         sampler_logprobs: ``[N, R]`` log-probs reported by the generator.
         ref_logprobs: ``[N, R]`` or None, reference-model log-probs.
         values: ``[N, R]`` or None, critic values V(s_t).
@@ -57,7 +57,7 @@ class Rollout:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    logprobs: torch.Tensor
+    logprobs: torch.Tensor | None
     sampler_logprobs: torch.Tensor
     scores: torch.Tensor
     raw_scores: torch.Tensor
@@ -71,6 +71,12 @@ class Rollout:
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    def set_policy_logprobs(self, logprobs: torch.Tensor) -> None:
+        """Store the policy's log-probs ``[N, R]`` (zeroed at padding) and how far the sampler's are from them
+        (``stats["sampler_logprob_max_abs_diff"]``)."""
+        self.logprobs = logprobs * self.response_mask
+        self.stats["sampler_logprob_max_abs_diff"] = float((self.logprobs - self.sampler_logprobs).abs().max())
 
     def sequences(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows ``index`` as model input: (ids, mask, position ids), each ``[b, P + R]``."""
@@ -330,14 +336,12 @@ def collect_rollout(
         "score_mean": float(scores.mean()),
         "raw_score_mean": float(raw_scores.mean()),
     })
-    if logprobs is not None:
-        stats["sampler_logprob_max_abs_diff"] = float((logprobs - comp.logprobs).abs().max())
-    return Rollout(
+    rollout = Rollout(
         prompt_ids=comp.prompt_ids,
         prompt_mask=comp.prompt_mask,
         response_ids=comp.response_ids,
         response_mask=comp.response_mask,
-        logprobs=logprobs,
+        logprobs=None,
         sampler_logprobs=comp.logprobs,
         scores=scores.to(device),
         raw_scores=raw_scores.to(device),
@@ -349,6 +353,9 @@ def collect_rollout(
         values=values,
         stats=stats,
     )
+    if logprobs is not None:
+        rollout.set_policy_logprobs(logprobs)
+    return rollout
 
 
 def _lap(stats: dict[str, float], key: str, since: float) -> float:

@@ -277,9 +277,7 @@ class OnlineTrainer(ABC):
             logp, entropy = policy_forward(self.policy, rollout, torch.arange(len(rollout)), cfg.temperature,
                                            cfg.entropy_coef != 0.0)
             self.fused_forward = (logp, entropy)
-            rollout.logprobs = logp.detach() * rollout.response_mask
-            rollout.stats["sampler_logprob_max_abs_diff"] = float(
-                (rollout.logprobs - rollout.sampler_logprobs).abs().max())
+            rollout.set_policy_logprobs(logp.detach())
             rollout.stats["time/policy_logprobs_s"] = time.perf_counter() - start
         return rollout
 
