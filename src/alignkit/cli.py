@@ -61,11 +61,15 @@ class GenerateJob(ModelJob):
     greedy: bool = option(False, "argmax decoding")
     seed: int = option(0, "sampling seed")
 
-    def validate(self) -> None:
+    def sampling(self):
+        """These settings as :class:`~alignkit.generation.SamplingParams` (which validates them)."""
         from .generation import SamplingParams
 
-        SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                       top_p=self.top_p, n=self.n, seed=self.seed, greedy=self.greedy)
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, n=self.n, seed=self.seed, greedy=self.greedy)
+
+    def validate(self) -> None:
+        self.sampling()
 
 
 @dataclass
@@ -542,15 +546,12 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
     """Write ``completions.jsonl`` ({prompt, completion, finished}) and print the first few."""
     import json
 
-    from .generation import KVCacheGenerator, SamplingParams
+    from .generation import KVCacheGenerator
     from .rollout import completion_rows, tokenize_prompts
     from .training.report import append_samples, write_report
 
     ids, _ = tokenize_prompts(tok, prompts)
-    sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_k=config.top_k, top_p=config.top_p, n=config.n, seed=config.seed,
-                              greedy=config.greedy)
-    comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, sampling)
+    comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, config.sampling())
     rows = completion_rows(tok, comp, prompts)
     path = Path(config.output_dir) / "completions.jsonl"
     with path.open("w") as f:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .plotting import save_figure
+
 #: The forms :func:`parse_agent` accepts (numbers are any float literal).
 AGENT_FORMS = ("greedy", "eps<EPSILON>", "optimistic<Q0>", "ucb<C>", "gradient<ALPHA>", "gradient<ALPHA>-nobaseline",
                "suffixes for greedy / eps / optimistic: -alpha<STEP> (constant step size), -alphaavg (sample "
@@ -310,8 +312,4 @@ def plot_bandit_curves(results: dict[str, BanditResult] | Sequence[BanditResult]
     bottom.set_xlabel("steps")
     top.legend(fontsize=8)
     top.set_title(title or "k-armed testbed")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

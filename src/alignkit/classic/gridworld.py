@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .mdp import TabularMDP
+from .plotting import save_figure
 
 COLUMNS, ROWS = 4, 3
 WALL = (2, 2)
@@ -185,8 +186,4 @@ def plot_values(V: np.ndarray, policy: np.ndarray, path: str | Path, title: str 
     ax.set_xlabel("column")
     ax.set_ylabel("row")
     ax.set_title(title or "grid world: V and greedy policy")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

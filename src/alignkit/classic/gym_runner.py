@@ -39,6 +39,7 @@ from .agents.qac import QActorCriticAgent
 from .agents.reinforce import ReinforceAgent
 from .agents.rollout import Rollout, RolloutCollector, make_vec_env
 from .agents.trpo import TRPOAgent
+from .plotting import save_figure
 
 __all__ = ["GymConfig", "run_gym", "ALGOS", "ALGO_DEFAULTS", "DISCRETE_ONLY"]
 
@@ -306,8 +307,7 @@ def _plot(rows: list[dict], summary: dict, path: Path) -> None:
         ax_loss.set_yscale("symlog")
     ax_loss.set_title("losses")
     ax_loss.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def _train(config: GymConfig, log: _MetricsLog, phase: str):

@@ -92,7 +92,7 @@ class DPOTrainer(Trainer):
         return seq[:b].float(), seq[b:].float()
 
     def sample_prompt_ids(self) -> list[list[int]]:
-        return [list(ex["prompt_ids"]) for ex in (self.eval_examples or self.train_examples)[: self.config.num_samples]]
+        return [list(ex["prompt_ids"]) for ex in self.sample_examples()]
 
     def count_units(self, examples: list[dict]) -> int:
         return len(examples)

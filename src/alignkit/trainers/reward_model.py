@@ -74,7 +74,7 @@ class RewardTrainer(Trainer):
 
     def sample_rows(self) -> list[dict]:
         """The first held-out (else training) pairs with the trained model's rewards."""
-        examples = (self.eval_examples or self.train_examples)[: self.config.num_samples]
+        examples = self.sample_examples()
         if not examples or self.tokenizer is None:
             return []
         import torch

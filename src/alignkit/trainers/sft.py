@@ -49,10 +49,13 @@ class SFTTrainer(Trainer):
             eval_examples = pack_sft(eval_examples, config.max_length) if eval_examples else eval_examples
         super().__init__(config, model, train_examples, eval_examples, tokenizer)
 
+    def sample_examples(self) -> list[dict]:
+        return self._sample_source[: self.config.num_samples]  # as tokenised, before packing
+
     def sample_prompt_ids(self) -> list[list[int]]:
         """The prompt part (labels masked) of the first held-out (else training) examples."""
         prompts = []
-        for ex in self._sample_source[: self.config.num_samples]:
+        for ex in self.sample_examples():
             start = next((t for t, y in enumerate(ex["labels"]) if y != IGNORE), 0)
             if start:  # no prompt when completion_only_loss=False: nothing to condition on
                 prompts.append(list(ex["input_ids"][:start]))

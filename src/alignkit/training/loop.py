@@ -108,6 +108,10 @@ class Trainer(ABC):
     def load_trainer_state(self, state: dict) -> None:
         return None
 
+    def sample_examples(self) -> list[dict]:
+        """The first ``num_samples`` held-out (else training) examples, for the report's samples."""
+        return (self.eval_examples or self.train_examples)[: self.config.num_samples]
+
     def sample_prompt_ids(self) -> list[list[int]]:
         """Prompts (token ids) to sample the report's completions from; default none."""
         return []

@@ -51,8 +51,8 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
 )
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` (non-finite values come back as floats)."""
+def _read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file ([] when it does not exist); a bad line is named by its number."""
     path = Path(path)
     if not path.exists():
         return []
@@ -61,11 +61,16 @@ def read_metrics(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
-        records.append({k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in record.items()})
     return records
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (non-finite values come back as floats)."""
+    return [{k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in record.items()}
+            for record in _read_jsonl(path)]
 
 
 _NON_FINITE = ("nan", "inf", "-inf", "NaN", "Infinity", "-Infinity")  # how MetricsLogger writes them
@@ -77,10 +82,8 @@ def _step_of(record: dict):
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a ``samples.jsonl``."""
+    return _read_jsonl(path)
 
 
 def append_samples(run_dir: str | Path, step: int, rows: Sequence[dict]) -> None:
