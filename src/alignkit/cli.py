@@ -418,7 +418,6 @@ def run(command: str, config) -> None:
         return
     from .rewards import RewardModelScorer, resolve_reward_fn
     from .trainers import PPOTrainer, ReinforceTrainer, TRPOTrainer
-    from .training.report import append_samples, write_report
 
     rows = load_rows(config.prompts_file, skip_invalid=False)
     prompts = [r["prompt"] for r in rows]
@@ -438,19 +437,7 @@ def run(command: str, config) -> None:
 
         reward = RewardModelScorer(load_reward_model(config.reward_model), tok)
     if command == "bon":
-        import json
-
-        from .generation import KVCacheGenerator
-        from .trainers import best_of_n
-
-        engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
-        result = best_of_n(prompts, tok, engine, reward, config, columns=columns)
-        out = Path(config.output_dir)
-        result.write_jsonl(out / "best_of_n.jsonl")
-        (out / "summary.json").write_text(json.dumps(result.summary(), indent=2))
-        print(json.dumps(result.summary(), indent=2))
-        append_samples(out, 0, result.to_sft_rows()[:8])
-        write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=result.summary())
+        _bon(config, policy, tok, prompts, reward, columns)
         return
     trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[command]
     trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
@@ -520,6 +507,25 @@ def _rlaif(config, policy, tok, prompts: list[str]) -> None:
     trainer = train_on_ai_labels(labels, tok, model, config.rlaif_method, train_config, train=False)
     trainer.report_summary = {f"ai_labels/{k}": v for k, v in labels.counts.items()}  # shown in report.html
     trainer.train()
+
+
+def _bon(config, policy, tok, prompts: list[str], reward, columns: dict) -> None:
+    """Best-of-N: ``best_of_n.jsonl`` (the chosen completions as SFT rows), ``summary.json`` and the report."""
+    import json
+
+    from .generation import KVCacheGenerator
+    from .trainers import best_of_n
+    from .training.report import append_samples, write_report
+
+    engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
+    result = best_of_n(prompts, tok, engine, reward, config, columns=columns)
+    summary = result.summary()
+    out = Path(config.output_dir)
+    result.write_jsonl(out / "best_of_n.jsonl")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    append_samples(out, 0, result.to_sft_rows()[:8])
+    write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=summary)
 
 
 def _report(argv: list[str]) -> int:
