@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -39,6 +39,7 @@ from .agents.qac import QActorCriticAgent
 from .agents.reinforce import ReinforceAgent
 from .agents.rollout import Rollout, RolloutCollector, make_vec_env
 from .agents.trpo import TRPOAgent
+from .options import option
 from .plotting import save_figure
 
 __all__ = ["GymConfig", "run_gym", "ALGOS", "ALGO_DEFAULTS", "DISCRETE_ONLY"]
@@ -60,11 +61,6 @@ ALGO_DEFAULTS: dict[str, dict[str, float]] = {
 ROLLING_EPISODES = 20
 
 
-def _opt(default, help: str, choices: tuple | None = None):
-    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
-    return field(default=default, metadata=metadata)
-
-
 def _defaults_help(key: str) -> str:
     return ", ".join(f"{algo} {values[key]:g}" for algo, values in ALGO_DEFAULTS.items())
 
@@ -73,56 +69,56 @@ def _defaults_help(key: str) -> str:
 class GymConfig:
     """One gymnasium training run. The CLI is generated from these fields' metadata."""
 
-    env_id: str = _opt("CartPole-v1", "gymnasium environment id (Box observations; Discrete or 1-d Box actions)")
-    algo: str = _opt("ppo", "algorithm: reinforce, a2c, qac (Q actor-critic, discrete only), ppo, trpo, "
+    env_id: str = option("CartPole-v1", "gymnasium environment id (Box observations; Discrete or 1-d Box actions)")
+    algo: str = option("ppo", "algorithm: reinforce, a2c, qac (Q actor-critic, discrete only), ppo, trpo, "
                      "bc (behaviour cloning of a PPO or given expert), pref_ppo (PPO on a learnt preference "
                      "reward)", choices=ALGOS)
-    total_steps: int = _opt(100_000, "environment steps to train for (bc: the expert's PPO steps)")
-    seed: int = _opt(1, "seed of torch, the environments' resets and the action spaces")
-    num_envs: int = _opt(4, "parallel environments N")
-    num_steps: int = _opt(0, "steps per environment per rollout T (0 = the algorithm's: "
+    total_steps: int = option(100_000, "environment steps to train for (bc: the expert's PPO steps)")
+    seed: int = option(1, "seed of torch, the environments' resets and the action spaces")
+    num_envs: int = option(4, "parallel environments N")
+    num_steps: int = option(0, "steps per environment per rollout T (0 = the algorithm's: "
                           f"{_defaults_help('num_steps')})")
-    learning_rate: float = _opt(0.0, "Adam learning rate (trpo: the critic's; 0 = the algorithm's: "
+    learning_rate: float = option(0.0, "Adam learning rate (trpo: the critic's; 0 = the algorithm's: "
                                 f"{_defaults_help('learning_rate')})")
-    gamma: float = _opt(0.99, "discount factor")
-    gae_lambda: float = _opt(0.95, "GAE lambda (a2c, ppo, trpo, pref_ppo); 1 = n-step returns")
-    anneal_lr: bool = _opt(True, "ppo / pref_ppo: decay the learning rate linearly to 0")
-    update_epochs: int = _opt(4, "ppo / pref_ppo: passes over each rollout")
-    num_minibatches: int = _opt(4, "ppo / pref_ppo: minibatches per pass (trpo: critic minibatches)")
-    clip_coef: float = _opt(0.2, "ppo / pref_ppo: ratio clip epsilon (also the value clip)")
-    clip_vloss: bool = _opt(True, "ppo / pref_ppo: clip the value loss around the rollout-time values")
-    ent_coef: float = _opt(0.01, "entropy bonus weight (reinforce, a2c, qac, ppo, pref_ppo)")
-    vf_coef: float = _opt(0.5, "value-loss weight in the combined loss (a2c, ppo, pref_ppo)")
-    max_grad_norm: float = _opt(0.5, "global gradient-norm clip (0 = off)")
-    norm_adv: bool = _opt(True, "whiten advantages (ppo per minibatch, trpo and reinforce per batch; a2c never)")
-    target_kl: float = _opt(0.0, "ppo / pref_ppo: stop the epochs once approx_kl exceeds this (0 = off)")
-    max_kl: float = _opt(0.01, "trpo: trust-region radius on the mean KL(pi_old || pi)")
-    cg_damping: float = _opt(0.1, "trpo: Fisher damping")
-    cg_iters: int = _opt(10, "trpo: conjugate-gradient iterations")
-    critic_epochs: int = _opt(10, "trpo: passes of critic regression per update")
-    q_baseline: bool = _opt(False, "qac: weight grad log pi by Q(s,a) - E_pi Q(s,.) instead of Q(s,a)")
-    bootstrap_truncated: bool = _opt(True, "bootstrap V(final observation) at time-limit truncations "
+    gamma: float = option(0.99, "discount factor")
+    gae_lambda: float = option(0.95, "GAE lambda (a2c, ppo, trpo, pref_ppo); 1 = n-step returns")
+    anneal_lr: bool = option(True, "ppo / pref_ppo: decay the learning rate linearly to 0")
+    update_epochs: int = option(4, "ppo / pref_ppo: passes over each rollout")
+    num_minibatches: int = option(4, "ppo / pref_ppo: minibatches per pass (trpo: critic minibatches)")
+    clip_coef: float = option(0.2, "ppo / pref_ppo: ratio clip epsilon (also the value clip)")
+    clip_vloss: bool = option(True, "ppo / pref_ppo: clip the value loss around the rollout-time values")
+    ent_coef: float = option(0.01, "entropy bonus weight (reinforce, a2c, qac, ppo, pref_ppo)")
+    vf_coef: float = option(0.5, "value-loss weight in the combined loss (a2c, ppo, pref_ppo)")
+    max_grad_norm: float = option(0.5, "global gradient-norm clip (0 = off)")
+    norm_adv: bool = option(True, "whiten advantages (ppo per minibatch, trpo and reinforce per batch; a2c never)")
+    target_kl: float = option(0.0, "ppo / pref_ppo: stop the epochs once approx_kl exceeds this (0 = off)")
+    max_kl: float = option(0.01, "trpo: trust-region radius on the mean KL(pi_old || pi)")
+    cg_damping: float = option(0.1, "trpo: Fisher damping")
+    cg_iters: int = option(10, "trpo: conjugate-gradient iterations")
+    critic_epochs: int = option(10, "trpo: passes of critic regression per update")
+    q_baseline: bool = option(False, "qac: weight grad log pi by Q(s,a) - E_pi Q(s,.) instead of Q(s,a)")
+    bootstrap_truncated: bool = option(True, "bootstrap V(final observation) at time-limit truncations "
                                      "(False treats them as terminations: wrong, for comparison)")
-    hidden_size: int = _opt(64, "width of the two hidden tanh layers of every network")
-    bc_expert_checkpoint: str = _opt("", "bc: policy.pt of an earlier run to clone (empty = train a PPO expert "
+    hidden_size: int = option(64, "width of the two hidden tanh layers of every network")
+    bc_expert_checkpoint: str = option("", "bc: policy.pt of an earlier run to clone (empty = train a PPO expert "
                                      "for total_steps first)")
-    bc_episodes: int = _opt(20, "bc: expert episodes to record")
-    bc_expert_deterministic: bool = _opt(True, "bc: the expert demonstrates its most likely action")
-    bc_epochs: int = _opt(30, "bc: passes over the demonstrations")
-    bc_batch_size: int = _opt(256, "bc: state-action pairs per minibatch")
-    bc_learning_rate: float = _opt(1e-3, "bc: Adam learning rate of the cloned policy")
-    segment_length: int = _opt(25, "pref_ppo: steps per trajectory segment")
-    pref_pairs_per_update: int = _opt(16, "pref_ppo: new labelled segment pairs per update")
-    pref_buffer_size: int = _opt(4096, "pref_ppo: labelled pairs kept (FIFO)")
-    pref_reward_updates: int = _opt(8, "pref_ppo: reward-model Adam steps per update")
-    pref_batch_size: int = _opt(64, "pref_ppo: pairs per reward-model step")
-    pref_temperature: float = _opt(1.0, "pref_ppo: synthetic labeller's Bradley-Terry temperature on true "
+    bc_episodes: int = option(20, "bc: expert episodes to record")
+    bc_expert_deterministic: bool = option(True, "bc: the expert demonstrates its most likely action")
+    bc_epochs: int = option(30, "bc: passes over the demonstrations")
+    bc_batch_size: int = option(256, "bc: state-action pairs per minibatch")
+    bc_learning_rate: float = option(1e-3, "bc: Adam learning rate of the cloned policy")
+    segment_length: int = option(25, "pref_ppo: steps per trajectory segment")
+    pref_pairs_per_update: int = option(16, "pref_ppo: new labelled segment pairs per update")
+    pref_buffer_size: int = option(4096, "pref_ppo: labelled pairs kept (FIFO)")
+    pref_reward_updates: int = option(8, "pref_ppo: reward-model Adam steps per update")
+    pref_batch_size: int = option(64, "pref_ppo: pairs per reward-model step")
+    pref_temperature: float = option(1.0, "pref_ppo: synthetic labeller's Bradley-Terry temperature on true "
                                    "segment returns (0 = always the better segment)")
-    reward_learning_rate: float = _opt(1e-3, "pref_ppo: Adam learning rate of the reward model")
-    eval_episodes: int = _opt(20, "episodes of the final evaluation")
-    eval_deterministic: bool = _opt(False, "evaluate the policy's most likely action instead of sampling")
-    torch_threads: int = _opt(1, "torch CPU threads (small MLPs run fastest on 1)")
-    output_dir: str = _opt("runs/classic-gym", "where metrics.jsonl, learning_curve.png, summary.json go")
+    reward_learning_rate: float = option(1e-3, "pref_ppo: Adam learning rate of the reward model")
+    eval_episodes: int = option(20, "episodes of the final evaluation")
+    eval_deterministic: bool = option(False, "evaluate the policy's most likely action instead of sampling")
+    torch_threads: int = option(1, "torch CPU threads (small MLPs run fastest on 1)")
+    output_dir: str = option("runs/classic-gym", "where metrics.jsonl, learning_curve.png, summary.json go")
 
     def resolved(self, key: str) -> float:
         """``num_steps`` / ``learning_rate`` with 0 replaced by the algorithm's default."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .bandits import AGENT_FORMS, parse_agents, plot_bandit_curves, run_testbed
@@ -27,6 +27,7 @@ from .gridworld import (
     state_index,
 )
 from .mdp import policy_iteration, value_iteration
+from .options import option
 
 METHODS = {"value_iteration": value_iteration, "policy_iteration": policy_iteration}
 
@@ -35,16 +36,12 @@ METHODS = {"value_iteration": value_iteration, "policy_iteration": policy_iterat
 class GridworldConfig:
     """Solve the 4x3 grid world of seed 004 / AIMA exactly (see ``alignkit.classic.gridworld``)."""
 
-    gamma: float = field(default=0.9, metadata={"help": "discount factor in [0, 1] (seed 004 shows 1 and 0.9)"})
-    slip: float = field(default=0.0, metadata={
-        "help": "probability of moving perpendicular to the intended direction, split 50/50, in [0, 1) "
-                "(0 = deterministic; AIMA uses 0.2)"})
-    living_reward: float = field(default=0.0, metadata={
-        "help": "reward per move in a non-exit cell (AIMA uses -0.04); exits pay +1 / -1"})
-    solver: str = field(default="value_iteration", metadata={
-        "help": "dynamic-programming solver", "choices": tuple(METHODS)})
-    output_dir: str = field(default="runs/classic-gridworld", metadata={
-        "help": "where values.png and summary.json go"})
+    gamma: float = option(0.9, "discount factor in [0, 1] (seed 004 shows 1 and 0.9)")
+    slip: float = option(0.0, "probability of moving perpendicular to the intended direction, split 50/50, "
+                              "in [0, 1) (0 = deterministic; AIMA uses 0.2)")
+    living_reward: float = option(0.0, "reward per move in a non-exit cell (AIMA uses -0.04); exits pay +1 / -1")
+    solver: str = option("value_iteration", "dynamic-programming solver", choices=tuple(METHODS))
+    output_dir: str = option("runs/classic-gridworld", "where values.png and summary.json go")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,17 +100,15 @@ def run_gridworld(config: GridworldConfig) -> dict:
 class BanditConfig:
     """Run agents on the k-armed testbed of Sutton & Barto ch. 2 (see ``alignkit.classic.bandits``)."""
 
-    k: int = field(default=10, metadata={"help": "number of arms (>= 2)"})
-    runs: int = field(default=2000, metadata={"help": "independent bandit problems averaged over (>= 1)"})
-    steps: int = field(default=1000, metadata={"help": "pulls per run (>= 1)"})
-    agents: str = field(default="greedy,eps0.1,eps0.01", metadata={
-        "help": "comma-separated agents, e.g. greedy,eps0.1,eps0.01,ucb2,optimistic5,gradient0.1,"
-                "gradient0.1-nobaseline (forms: " + "; ".join(AGENT_FORMS) + ")"})
-    seed: int = field(default=0, metadata={"help": "seed of the problems and of each agent's choices"})
-    q_mean: float = field(default=0.0, metadata={
-        "help": "mean of the true arm values q*(a) ~ N(q_mean, 1) (S&B Fig. 2.5 uses 4)"})
-    output_dir: str = field(default="runs/classic-bandit", metadata={
-        "help": "where bandit.png and summary.json go"})
+    k: int = option(10, "number of arms (>= 2)")
+    runs: int = option(2000, "independent bandit problems averaged over (>= 1)")
+    steps: int = option(1000, "pulls per run (>= 1)")
+    agents: str = option("greedy,eps0.1,eps0.01",
+                         "comma-separated agents, e.g. greedy,eps0.1,eps0.01,ucb2,optimistic5,gradient0.1,"
+                         "gradient0.1-nobaseline (forms: " + "; ".join(AGENT_FORMS) + ")")
+    seed: int = option(0, "seed of the problems and of each agent's choices")
+    q_mean: float = option(0.0, "mean of the true arm values q*(a) ~ N(q_mean, 1) (S&B Fig. 2.5 uses 4)")
+    output_dir: str = option("runs/classic-bandit", "where bandit.png and summary.json go")
 
     def __post_init__(self) -> None:
         self.validate()
