@@ -143,6 +143,7 @@ class LlamaStaticCacheBackend:
         h = dec.embed_tokens(tokens)
         cos, sin = (t[:, :, 0] for t in self._rope(h, self.next_pos[:, None]))  # [N, 1, D]: over heads
         slot = self.length
+        keys_len, mask = self._decode_attention_span(slot, h.dtype)  # once per step, for every layer
         heads, kv_heads = self.num_heads, self.num_kv_heads
         if self.decode_layers is None:
             self.decode_layers = [self._decode_callables(layer) for layer in self.decoder.layers]
@@ -154,7 +155,8 @@ class LlamaStaticCacheBackend:
             cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
             cache_k[:, :, slot] = k
             cache_v[:, :, slot] = v_proj(x).view(n, kv_heads, self.head_dim)
-            out = self._decode_attention(q.contiguous()[:, :, None], cache_k, cache_v, slot)
+            out = self._decode_attention(q.contiguous()[:, :, None], cache_k[:, :, :keys_len],
+                                         cache_v[:, :, :keys_len], mask)
             h = h + o_proj(out.view(n, heads * self.head_dim))
             h = h + mlp(self.post_norms[idx](h))
         self.length += 1
@@ -188,23 +190,36 @@ class LlamaStaticCacheBackend:
         rep = self.num_heads // self.num_kv_heads
         return keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
 
-    def _decode_attention(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int):
-        """Attention of one query per row ``q [N, H, 1, D]`` over cache slots ``[0, slot]``; ``[N, H, 1, D]``.
+    def _decode_attention_span(self, slot: int, dtype: torch.dtype) -> tuple[int, torch.Tensor | None]:
+        """How many cache slots the decode attention reads, and its mask as SDPA takes it (bool, True = may
+        attend; or a float bias added to the scores), for the query written at ``slot``.
 
-        fp32: the SDPA kernel over the filled slots. Other dtypes: two matmuls over the slots up to the next
-        multiple of ``ATTENTION_BUCKET`` (unfilled ones masked out and zeroed, so they add exact zeros), with
-        the softmax in fp32 as transformers' eager attention does. Few distinct shapes let oneDNN reuse its
-        bf16 matmul primitives instead of building one per cache length; at batch 64 that is 3-4x faster
-        than the CPU flash kernel for single-token queries.
+        fp32: the filled slots, masked only when a prompt was padded. Other dtypes: the slots up to the
+        next multiple of ``ATTENTION_BUCKET`` (unfilled ones zeroed and biased by -inf), see
+        :meth:`_decode_attention`.
         """
-        fp32 = q.dtype == torch.float32
-        width = slot + 1 if fp32 else self._bucket_end(slot)
-        keys, values = self._repeat_kv(cache_k[:, :, :width], cache_v[:, :, :width])
-        if fp32:
-            mask = None if self.no_padding else self.key_mask[:, None, None, :width]
+        if dtype == torch.float32:
+            width = slot + 1
+            return width, None if self.no_padding else self.key_mask[:, None, None, :width]
+        width = self._bucket_end(slot)
+        allowed = self.key_mask[:, None, None, :width]
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+        return width, bias.masked_fill_(~allowed, float("-inf"))
+
+    def _decode_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of one query per row ``q [N, H, 1, D]`` over ``keys``/``values [N, H_kv, L, D]`` with the
+        mask of :meth:`_decode_attention_span`; ``[N, H, 1, D]``.
+
+        fp32: the SDPA kernel. Other dtypes: two matmuls with the softmax in fp32, as transformers' eager
+        attention does. The bucketed length keeps the shapes few, so oneDNN reuses its bf16 matmul
+        primitives instead of building one per cache length; at batch 64 that is 3-4x faster than the CPU
+        flash kernel for single-token queries.
+        """
+        keys, values = self._repeat_kv(keys, values)
+        if q.dtype == torch.float32:
             return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale)
-        scores.masked_fill_(~self.key_mask[:, None, None, :width], float("-inf"))
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale).add_(mask)
         return torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
 
     ATTENTION_BUCKET = 32  # cache slots per bucket in the non-fp32 decode attention
