@@ -6,7 +6,17 @@ from alignkit.core.logprobs import token_logprobs
 from alignkit.generation import Generator, KVCacheGenerator, SamplingParams, left_pad, process_logits
 from alignkit.models.tiny import build_tiny_llama
 
-BACKENDS = ["fast", "hf"]
+# "fast" runs the native decode kernels where a C compiler is found (as here); "fast-torch" is the same backend
+# on its PyTorch decode path (what users without a compiler get)
+BACKENDS = ["fast", "fast-torch", "hf"]
+
+
+def _backend(name: str, monkeypatch) -> str:
+    """The KVCacheGenerator backend for a BACKENDS entry, with the native kernels switched on or off."""
+    from alignkit.generation.native import ENV_SWITCH
+
+    monkeypatch.setenv(ENV_SWITCH, "0" if name == "fast-torch" else "1")
+    return "fast" if name == "fast-torch" else name
 
 
 def _prompts(seed, lengths, vocab=97):
@@ -15,7 +25,8 @@ def _prompts(seed, lengths, vocab=97):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_greedy_equals_transformers_generate(small_llama, backend):
+def test_greedy_equals_transformers_generate(small_llama, backend, monkeypatch):
+    backend = _backend(backend, monkeypatch)
     prompts = _prompts(0, [7, 2, 13, 5, 1])
     ids, mask = left_pad(prompts, 0)
     with torch.no_grad():
@@ -28,7 +39,8 @@ def test_greedy_equals_transformers_generate(small_llama, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_greedy_stops_at_eos_like_transformers(small_llama, backend):
+def test_greedy_stops_at_eos_like_transformers(small_llama, backend, monkeypatch):
+    backend = _backend(backend, monkeypatch)
     prompts = _prompts(1, [4, 9, 6])
     ids, mask = left_pad(prompts, 0)
     gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
@@ -49,7 +61,8 @@ def test_greedy_stops_at_eos_like_transformers(small_llama, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_returned_logprobs_equal_a_separate_forward(small_llama, backend, temperature):
+def test_returned_logprobs_equal_a_separate_forward(small_llama, backend, temperature, monkeypatch):
+    backend = _backend(backend, monkeypatch)
     prompts = _prompts(2, [3, 8, 5, 11])
     gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
     out = gen.generate(prompts, SamplingParams(max_new_tokens=16, temperature=temperature, n=2, seed=3))
@@ -220,12 +233,14 @@ def test_fast_backend_single_token_prompts_and_long_decode():
     assert _greedy_matches_transformers(model, _prompts(8, [1, 6, 11]), new_tokens=40)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_never_reads_garbage_from_unfilled_cache_slots(dtype):
+def test_decode_never_reads_garbage_from_unfilled_cache_slots(dtype, native, monkeypatch):
     # the cache is allocated with torch.empty; the bf16 decode attention reads slots past the filled ones
     # (masked): poisoning them with NaN must change nothing
     from alignkit.generation.engine import LlamaStaticCacheBackend
 
+    _backend("fast" if native else "fast-torch", monkeypatch)
     model = build_tiny_llama(seed=2, vocab_size=97, hidden_size=64, num_layers=2, num_heads=4,
                              intermediate_size=128, max_position_embeddings=128).to(dtype)
     ids, mask = left_pad(_prompts(9, [4, 9, 6]), 0)
@@ -234,9 +249,11 @@ def test_decode_never_reads_garbage_from_unfilled_cache_slots(dtype):
         backend = LlamaStaticCacheBackend(model)
         with torch.no_grad():
             logits = backend.prefill(ids, mask, 70)
+            assert bool(backend.native) == native
             if poison:
-                for cache in backend.cache_k + backend.cache_v:
-                    cache[:, :, backend.length:] = float("nan")
+                for idx in range(len(backend.cache_k)):
+                    for cache in backend.cache_slots(idx):  # [N, H_kv, L, D] views, whatever the layout
+                        cache[:, :, backend.length:] = float("nan")
             out = [logits]
             for _ in range(69):
                 out.append(backend.step(out[-1].argmax(-1)))
@@ -247,14 +264,14 @@ def test_decode_never_reads_garbage_from_unfilled_cache_slots(dtype):
     assert torch.equal(clean, poisoned)
 
 
-def test_generation_leaves_the_global_rng_alone(small_llama):
+def test_generation_leaves_the_global_rng_alone(small_llama, monkeypatch):
     # a seeded generate must not draw from (or advance) torch's global generator: training code that seeds
     # it (initialising a reward head, shuffling) would otherwise change with the sampler's internals
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     for backend in BACKENDS:
-        KVCacheGenerator(small_llama, 2, 0, backend=backend).generate(
+        KVCacheGenerator(small_llama, 2, 0, backend=_backend(backend, monkeypatch)).generate(
             [[3, 4, 5], [6]], SamplingParams(max_new_tokens=4, n=2, seed=7))
     assert torch.equal(torch.rand(3), expected)
 
@@ -278,10 +295,13 @@ def test_decode_rms_norm_is_bitwise_transformers_rms_norm(dtype):
                                   {"rope_type": "dynamic", "factor": 2.0}])
 def test_rope_table_gives_the_per_step_rotary_embedding(rope, monkeypatch):
     # the decode step reads cos/sin from a table made at prefill; it must equal calling the model's rotary
-    # embedding at each step (and rope types whose frequencies depend on the length seen get no table)
+    # embedding at each step (and rope types whose frequencies depend on the length seen get no table).
+    # Both on the PyTorch decode path, so that the comparison can be bitwise.
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alignkit.generation.engine import LlamaStaticCacheBackend
+
+    _backend("fast-torch", monkeypatch)
 
     extra = {} if rope is None else {"rope_parameters": {"rope_theta": 10000.0, **rope}}
     torch.manual_seed(0)

@@ -71,6 +71,18 @@ def _decode_linear(module: torch.nn.Module):
     return lambda x: torch.addmm(bias[:, None], weight, x.t()).t()
 
 
+def _feature_major_linear(module: torch.nn.Module):
+    """``module`` on feature-major activations: ``x [in, N] -> [out, N]`` (contiguous; ``x`` may be a
+    transposed view). A plain ``nn.Linear`` is one GEMM ``W @ x`` (+ bias); any other module (a LoRA
+    wrapper) is called on ``x.t()`` as it is."""
+    if type(module) is not torch.nn.Linear:
+        return lambda x: module(x.t()).t().contiguous()
+    weight, bias = module.weight, module.bias
+    if bias is None:
+        return lambda x: torch.mm(weight, x)
+    return lambda x: torch.addmm(bias[:, None], weight, x)
+
+
 class LlamaStaticCacheBackend:
     """Prefill + single-token decode for Llama-family models with a preallocated KV cache.
 
@@ -99,6 +111,9 @@ class LlamaStaticCacheBackend:
         self.zeroed_until = 0
         self.rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, signed sin [positions, D]
         self.next_pos: torch.Tensor | None = None  # [N] position id of the next token
+        # (kernels, per-layer pieces) for _decode_native, or None: decided at prefill, with the cache layout
+        self.native = None
+        self.workspace: torch.Tensor | None = None  # the native attention's work buffer
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -135,9 +150,73 @@ class LlamaStaticCacheBackend:
             mlp_fn = mlp
         return q, k, v, o, mlp_fn
 
+    def _native_plan(self, like: torch.Tensor):
+        """The pieces for :meth:`_decode_native`, or None when the native kernels cannot run this model or
+        call: not CPU, not fp32/bf16, no RoPE table, a norm or MLP of another form, no C compiler."""
+        if like.device.type != "cpu" or self.rope_table is None:
+            return None
+        from .native import DecodeKernels, load_decode_kernels
+
+        if like.dtype not in DecodeKernels.DTYPES or self.head_dim % 2 or self.num_heads % self.num_kv_heads:
+            return None
+        if any(isinstance(norm, torch.nn.Module) for norm in (*self.input_norms, *self.post_norms, self.final_norm)):
+            return None  # not the RMSNorm form _norm_fn recognises
+        layers = []
+        for layer in self.decoder.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
+            if type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation") or not all(
+                    hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")):
+                return None
+            layers.append((
+                norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
+                *(_feature_major_linear(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")),
+                *(_feature_major_linear(getattr(mlp, name)) for name in ("gate_proj", "up_proj", "down_proj")),
+            ))
+        final = self.decoder.norm
+        if any(w.dtype != like.dtype for w in (final.weight, *(piece for layer in layers for piece in layer[:4:2]))):
+            return None
+        kernels = load_decode_kernels()
+        if kernels is None or self.head_dim > kernels.max_head_dim:
+            return None
+        return kernels, layers, (final.weight, final.variance_epsilon)
+
+    def _decode_native(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_decode` with the native kernels (:mod:`alignkit.generation.native`) on feature-major
+        activations ``[features, N]``. Per layer: residual add + RMSNorm (one kernel), the q/k/v GEMMs, RoPE
+        + cache write (one kernel), attention (one kernel), the o GEMM, residual add + RMSNorm, the gate/up
+        GEMMs, SiLU-mul (one kernel), the down GEMM. The residual stream ``h [d, N]`` is updated in place and
+        ``x`` reused across layers (each GEMM has read it before the next kernel writes it). Returns the
+        final hidden states as a ``[N, d]`` view."""
+        kernels, layers, (final_weight, final_eps) = self.native
+        if self.workspace is None:
+            self.workspace = kernels.attention_workspace(tokens.shape[0], self.num_heads, self.head_dim)
+        h = self.decoder.embed_tokens(tokens).t().contiguous()  # [d, N]
+        n = h.shape[1]
+        x = torch.empty_like(h)
+        q_rot = h.new_empty((n, self.num_heads, self.head_dim))
+        attn_out = h.new_empty((n, self.num_heads * self.head_dim))
+        slot = self.length
+        mask = None if self.no_padding else self.key_mask
+        cos_table, sin_table = self.rope_table
+        pending = None  # the previous layer's MLP output, added to h by the next norm kernel
+        for idx, (w_in, eps_in, w_post, eps_post, q_proj, k_proj, v_proj, o_proj, gate, up, down) in enumerate(layers):
+            kernels.add_rms_norm(h, pending, w_in, eps_in, x)
+            cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
+            kernels.rope_to_cache(q_proj(x), k_proj(x), v_proj(x), cos_table, sin_table, self.next_pos, q_rot,
+                                  cache_k, cache_v, slot)
+            kernels.decode_attention(q_rot, cache_k, cache_v, mask, slot + 1, self.scale, attn_out, self.workspace)
+            kernels.add_rms_norm(h, o_proj(attn_out.t()), w_post, eps_post, x)
+            g = gate(x)
+            pending = down(kernels.silu_mul(g, up(x), torch.empty_like(g)))
+        self.length += 1
+        return kernels.add_rms_norm(h, pending, final_weight, final_eps, x).t()
+
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One decode step on 2-D activations: ``tokens [N]`` written at cache slot ``length``; returns the
         final hidden states ``[N, d]``."""
+        if self.native:
+            return self._decode_native(tokens)
         dec = self.decoder
         n = tokens.shape[0]
         h = dec.embed_tokens(tokens)
@@ -182,6 +261,12 @@ class LlamaStaticCacheBackend:
             return
         cos, sin = self._rope(like, torch.arange(length, device=like.device)[None])
         self.rope_table = (cos[0, 0], sin[0, 0])
+
+    def cache_slots(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``idx``'s key and value caches as ``[N, H_kv, L, D]`` views, whatever their layout."""
+        if self.native:
+            return self.cache_k[idx].permute(1, 2, 0, 3), self.cache_v[idx].permute(1, 2, 0, 3)
+        return self.cache_k[idx], self.cache_v[idx]
 
     def _repeat_kv(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grouped-query attention: each of the ``H_kv`` key/value heads serves ``H / H_kv`` query heads."""
@@ -245,8 +330,9 @@ class LlamaStaticCacheBackend:
         k = attn.k_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        self.cache_k[idx][:, :, :q_len] = k
-        self.cache_v[idx][:, :, :q_len] = v
+        cache_k, cache_v = self.cache_slots(idx)
+        cache_k[:, :, :q_len] = k
+        cache_v[:, :, :q_len] = v
         keys, values = self._repeat_kv(k, v)
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim)
@@ -269,19 +355,23 @@ class LlamaStaticCacheBackend:
         """Encode left-padded prompts ``[N, P]``; returns the logits for the first new token ``[N, V]``."""
         n, p = input_ids.shape
         total = p + max_new_tokens
-        param = next(self.model.parameters())
-        shape = (n, self.num_kv_heads, total, self.head_dim)
-        layers = len(self.decoder.layers)
-        self.cache_k = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
-        self.cache_v = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in range(layers)]
-        self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         self.key_mask = torch.zeros((n, total), dtype=torch.bool, device=input_ids.device)
         self.key_mask[:, :p] = mask.bool()
         self.no_padding = bool(mask.bool().all())  # then decode attention needs no mask over filled slots
         self.length = 0
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         self.next_pos = position_ids[:, -1] + 1
-        self._make_rope_table(self.decoder.embed_tokens.weight[:1, None], int(self.next_pos.max()) + max_new_tokens)
+        like = self.decoder.embed_tokens.weight
+        self._make_rope_table(like[:1, None], int(self.next_pos.max()) + max_new_tokens)
+        self.native = self._native_plan(like)
+        # the native kernels read a slot-major cache [L, N, H_kv, D] (the slots of a step are one block);
+        # the PyTorch path reads [N, H_kv, L, D]. cache_slots() gives either as the latter.
+        shape = (total, n, self.num_kv_heads, self.head_dim) if self.native else (n, self.num_kv_heads, total,
+                                                                                   self.head_dim)
+        layers = len(self.decoder.layers)
+        self.cache_k = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        self.cache_v = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
         attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(p, dtype=torch.bool, device=input_ids.device)
@@ -297,6 +387,7 @@ class LlamaStaticCacheBackend:
 
     def release(self) -> None:
         self.cache_k, self.cache_v, self.key_mask, self.decode_layers, self.rope_table = [], [], None, None, None
+        self.native, self.workspace = None, None
 
 
 class HFCacheBackend:

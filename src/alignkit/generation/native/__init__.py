@@ -1,0 +1,193 @@
+"""Native (C) kernels for the decode step of :class:`~alignkit.generation.engine.LlamaStaticCacheBackend`.
+
+A decode step of a small model on CPU spends as much time dispatching small PyTorch ops (RMSNorm's five,
+RoPE's six, the cache writes, the attention's, the MLP's activation) as in its matrix products. The four
+kernels in ``decode_kernels.c`` do that work in one call each: ``add_rms_norm`` (residual add + RMSNorm),
+``rope_to_cache`` (RoPE of queries and keys + KV-cache write), ``decode_attention`` (one query per row
+over the cache, online softmax in fp32) and ``silu_mul`` (the gated MLP's activation). fp32 and bf16.
+
+The library is compiled at first use with the system's C compiler (``$CC`` or ``cc``; a second or so) into
+a per-user cache, keyed by the sources, the flags and the CPU (``-march=native``), and loaded with ctypes,
+as PyTorch's own inductor does for CPU code. Where no compiler is found or the build fails,
+:func:`load_decode_kernels` returns ``None`` with one warning and the engine uses its PyTorch path (same
+numbers up to summation order). ``ALIGNKIT_NATIVE_KERNELS=0`` turns the kernels off;
+``ALIGNKIT_CACHE_DIR`` moves the cache (default ``$XDG_CACHE_HOME/alignkit`` or ``~/.cache/alignkit``).
+No code is downloaded or taken from configs: the sources are the two files beside this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["DecodeKernels", "load_decode_kernels", "kernel_cache_dir", "ENV_SWITCH"]
+
+ENV_SWITCH = "ALIGNKIT_NATIVE_KERNELS"
+_SOURCE_DIR = Path(__file__).resolve().parent
+_SOURCES = ("decode_kernels.c", "decode_kernels_body.h")
+# -ffp-contract=off: a*b + c*d rounds like the separate tensor ops it replaces (no FMA contraction);
+# -fno-math-errno -fno-trapping-math: lets the exp and float->int loops vectorise (results unchanged).
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+          "-shared", "-fPIC", "-std=c11")
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+_P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+_SIGNATURES = {
+    "add_rms_norm": (_P, _P, _P, _P, _L, _L, _F),
+    "rope_to_cache": (_P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L),
+    "decode_attention": (_P, _P, _P, _P, _L, _P, _L, _L, _L, _L, _L, _F, _P, _L),
+    "silu_mul": (_P, _P, _P, _L),
+}
+
+_lock = threading.Lock()
+_loaded: dict[str, DecodeKernels | None] = {}
+
+
+def kernel_cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$ALIGNKIT_CACHE_DIR/kernels`` (default ``~/.cache/alignkit``)."""
+    root = os.environ.get("ALIGNKIT_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alignkit")
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """The CPU model and feature flags (``-march=native`` code is only valid on the same kind of CPU)."""
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernels (if not cached) and return the shared library's path."""
+    sources = b"".join((_SOURCE_DIR / name).read_bytes() for name in _SOURCES)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join([sources, " ".join(_FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:20]
+    target = kernel_cache_dir() / f"decode_kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build to a private name, then rename: concurrent processes (one per GPU/rank) never load half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *_FLAGS, "-I", str(_SOURCE_DIR), "-o", tmp, str(_SOURCE_DIR / _SOURCES[0]), "-lm"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load_decode_kernels() -> DecodeKernels | None:
+    """The compiled kernels, built on first use; ``None`` if turned off or no C compiler could build them
+    (warned once per process). Thread-safe; later calls return the same object."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    compiler = os.environ.get("CC") or "cc"
+    with _lock:
+        if compiler in _loaded:
+            return _loaded[compiler]
+        kernels = None
+        if shutil.which(compiler) is None:
+            warnings.warn(f"alignkit: no C compiler {compiler!r} found; the generation engine uses its PyTorch "
+                          f"decode path (set CC, or {ENV_SWITCH}=0 to silence this)", RuntimeWarning, stacklevel=2)
+        else:
+            try:
+                kernels = DecodeKernels(ctypes.CDLL(str(_build(compiler))))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                warnings.warn(f"alignkit: building the native decode kernels failed; the generation engine uses "
+                              f"its PyTorch decode path ({err})", RuntimeWarning, stacklevel=2)
+        _loaded[compiler] = kernels
+        return kernels
+
+
+class DecodeKernels:
+    """Tensor-level entry points to the compiled kernels (contiguous CPU tensors of one dtype, fp32 or bf16).
+
+    Activations are feature-major, ``[F, N]`` for ``F`` features of ``N`` rows (sequences): the layout of
+    ``W @ x`` with ``x [in, N]``, which the decode GEMMs compute without a transpose. ``d`` is the hidden
+    size, ``H``/``H_kv`` the query/key-value heads of size ``D``, ``L`` the cache slots. No checks beyond
+    what the caller guarantees: the backend calls these with tensors it allocated or computed itself.
+    """
+
+    DTYPES = tuple(_SUFFIX)
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.max_head_dim = int(lib.alignkit_max_head_dim())
+        lib.alignkit_attention_work.argtypes, lib.alignkit_attention_work.restype = (_L,), _L
+        self._attention_work = lib.alignkit_attention_work
+        self._fn: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
+        for dtype, suffix in _SUFFIX.items():
+            for name, argtypes in _SIGNATURES.items():
+                fn = getattr(lib, f"{name}_{suffix}")
+                fn.argtypes, fn.restype = argtypes, None
+                self._fn[name, dtype] = fn
+
+    def add_rms_norm(self, h: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                     out: torch.Tensor) -> torch.Tensor:
+        """``h += residual`` (in place, if given), then ``out = weight * rms_norm(h)`` over the features of each
+        row. ``h``, ``residual``, ``out``: ``[d, N]``; ``weight``: ``[d]``. Returns ``out``."""
+        d, n = h.shape
+        self._fn["add_rms_norm", h.dtype](h.data_ptr(), None if residual is None else residual.data_ptr(),
+                                          weight.data_ptr(), out.data_ptr(), n, d, eps)
+        return out
+
+    def rope_to_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_table: torch.Tensor,
+                      sin_table: torch.Tensor, positions: torch.Tensor, q_out: torch.Tensor,
+                      cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int) -> torch.Tensor:
+        """RoPE of ``q [H*D, N]`` into ``q_out [N, H, D]`` and of ``k [H_kv*D, N]`` into ``cache_k[slot]``;
+        ``v [H_kv*D, N]`` copied to ``cache_v[slot]``. cos/signed-sin tables ``[positions, D]``, ``positions
+        [N]`` (int64), slot-major caches ``[L, N, H_kv, D]``. Returns ``q_out``."""
+        n, heads, head_dim = q_out.shape
+        self._fn["rope_to_cache", q.dtype](
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), cos_table.data_ptr(), sin_table.data_ptr(),
+            positions.data_ptr(), q_out.data_ptr(), cache_k.data_ptr(), cache_v.data_ptr(),
+            n, heads, cache_k.shape[2], head_dim, slot)
+        return q_out
+
+    def attention_workspace(self, rows: int, heads: int, head_dim: int) -> torch.Tensor:
+        """The fp32 work buffer :meth:`decode_attention` needs for ``rows`` x ``heads`` queries."""
+        return torch.empty(rows * heads * int(self._attention_work(head_dim)), dtype=torch.float32)
+
+    def decode_attention(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                         key_mask: torch.Tensor | None, span: int, scale: float, out: torch.Tensor,
+                         workspace: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of ``q [N, H, D]`` over slots ``[0, span)`` of the slot-major caches ``[L, N, H_kv,
+        D]`` where ``key_mask [N, L]`` (bool; None = all) allows; ``out [N, H*D]`` (row-major, as the next GEMM
+        reads it through ``out.t()``). Rows are split over torch's intra-op threads; ``workspace`` from
+        :meth:`attention_workspace`. Returns ``out``."""
+        n, heads, head_dim = q.shape
+        mask_ptr, mask_sn = (None, 0) if key_mask is None else (key_mask.data_ptr(), key_mask.stride(0))
+        threads = torch.get_num_threads() if n * heads * span * head_dim >= 1 << 15 else 1
+        self._fn["decode_attention", q.dtype](
+            q.data_ptr(), cache_k.data_ptr(), cache_v.data_ptr(), mask_ptr, mask_sn, out.data_ptr(), n, heads,
+            cache_k.shape[2], head_dim, span, scale, workspace.data_ptr(), threads)
+        return out
+
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out = silu(gate) * up``, elementwise over tensors of one shape and layout. Returns ``out``."""
+        self._fn["silu_mul", out.dtype](gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel())
+        return out

@@ -1,0 +1,194 @@
+/* Decode-step kernels for one element type. Included twice by decode_kernels.c, with
+ *   T      the storage type (float, or uint16_t holding bfloat16 bits),
+ *   FN(x)  the kernel's exported name for that type (x ## _f32, x ## _bf16),
+ *   LD(v)  storage -> float,   ST(f) float -> storage (round to nearest even),
+ *   RND(f) float rounded to the storage type and back (identity for float).
+ *
+ * Arithmetic is fp32. Where transformers computes an expression as several bf16 ops, each op's result is
+ * rounded the same way here (RND), so the bf16 numbers follow the model's own forward; fp32 follows it up
+ * to the order of the sums. Strides are in elements; "sn" is a row's stride, "sf" a feature's.
+ */
+
+/* Activations are feature-major: a [F, n] array holds feature f of row (sequence) i at f * n + i, so every
+ * loop over rows is contiguous and vectorises, and the decode GEMMs W [out, F] @ x [F, n] need no transpose.
+ */
+
+/* h += r (if r), then out = w * rms_norm(h) per row, as transformers' RMSNorm: normalise in fp32, round
+ * to T, scale by the weight in T. h, r, out: [d, n]. */
+void FN(add_rms_norm)(T *h, const T *r, const T *w, T *out, long n, long d, float eps)
+{
+    float ss[ROW_BLOCK];
+    for (long i0 = 0; i0 < n; i0 += ROW_BLOCK) {
+        long m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
+        for (long i = 0; i < m; i++)
+            ss[i] = 0.0f;
+        for (long f = 0; f < d; f++) {
+            T *hf = h + f * n + i0;
+            if (r) {
+                const T *rf = r + f * n + i0;
+                for (long i = 0; i < m; i++)
+                    hf[i] = ST(LD(hf[i]) + LD(rf[i]));
+            }
+            for (long i = 0; i < m; i++) {
+                float x = LD(hf[i]);
+                ss[i] += x * x;
+            }
+        }
+        for (long i = 0; i < m; i++)
+            ss[i] = 1.0f / sqrtf(ss[i] / (float)d + eps);
+        for (long f = 0; f < d; f++) {
+            const T *hf = h + f * n + i0;
+            T *of = out + f * n + i0;
+            float wf = LD(w[f]);
+            for (long i = 0; i < m; i++)
+                of[i] = ST(wf * RND(LD(hf[i]) * ss[i]));
+        }
+    }
+}
+
+/* Rotary embedding of the step's queries and keys at positions pos[i], keys and values written to cache
+ * slot `slot`. q: [H*D, n], k and v: [Hk*D, n]; cos_t, sin_t: [positions, D] tables, the sine's first half
+ * negated, so rope(x)[j] = x[j] cos[j] + x[(j + D/2) mod D] sin[j]; q_out: [n, H, D]; caches: slot-major
+ * [L, n, Hk, D].
+ * Each head of a block of rows is first gathered into a row-major buffer (one cache line per feature
+ * read), then rotated row by row with contiguous loads and stores. */
+static void FN(rope_heads)(const T *x, long n, long i0, long m, long heads, long D, const T *cos_t,
+                           const T *sin_t, const long *pos, T *dst, long dst_row, long dst_head, int rotate)
+{
+    float buf[ROW_BLOCK * MAX_HEAD_DIM];
+    long half = D / 2;
+    for (long h = 0; h < heads; h++) {
+        for (long j = 0; j < D; j++) {
+            const T *xj = x + (h * D + j) * n + i0;
+            for (long i = 0; i < m; i++)
+                buf[i * D + j] = LD(xj[i]);
+        }
+        for (long i = 0; i < m; i++) {
+            const float *t = buf + i * D;
+            T *o = dst + (i0 + i) * dst_row + h * dst_head;
+            if (!rotate) {
+                for (long j = 0; j < D; j++)
+                    o[j] = ST(t[j]);
+                continue;
+            }
+            const T *c = cos_t + pos[i0 + i] * D, *s = sin_t + pos[i0 + i] * D;
+            for (long j = 0; j < half; j++)
+                o[j] = ST(RND(t[j] * LD(c[j])) + RND(t[j + half] * LD(s[j])));
+            for (long j = half; j < D; j++)
+                o[j] = ST(RND(t[j] * LD(c[j])) + RND(t[j - half] * LD(s[j])));
+        }
+    }
+}
+
+void FN(rope_to_cache)(const T *q, const T *k, const T *v, const T *cos_t, const T *sin_t, const long *pos,
+                       T *q_out, T *cache_k, T *cache_v, long n, long H, long Hk, long D, long slot)
+{
+    T *k_slot = cache_k + slot * n * Hk * D, *v_slot = cache_v + slot * n * Hk * D;
+    for (long i0 = 0; i0 < n; i0 += ROW_BLOCK) {
+        long m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
+        FN(rope_heads)(q, n, i0, m, H, D, cos_t, sin_t, pos, q_out, H * D, D, 1);
+        FN(rope_heads)(k, n, i0, m, Hk, D, cos_t, sin_t, pos, k_slot, Hk * D, D, 1);
+        FN(rope_heads)(v, n, i0, m, Hk, D, cos_t, sin_t, pos, v_slot, Hk * D, D, 0);
+    }
+}
+
+/* Attention of one query per row over cache slots [0, span). q: [n, H, D]; caches: slot-major [L, n, Hk, D],
+ * so the slots read at each step are one contiguous block (query head h reads key/value head h / (H / Hk));
+ * key_mask: [n, L] rows of stride mask_sn (1 = may attend; NULL: every slot); out: [n, H*D]. The rows are
+ * split over `threads` threads; each streams its part of each slot, in blocks of ATTN_BLOCK slots, with an
+ * online softmax in fp32 per (row, head) (running max, sum and weighted values in a work buffer `work` of
+ * n * H * alignkit_attention_work(D) floats). A row with no key it may attend gets zeros. */
+#define ATTN_BLOCK 64
+void FN(decode_attention)(const T *q, const T *cache_k, const T *cache_v, const unsigned char *key_mask,
+                          long mask_sn, T *out, long n, long H, long Hk, long D, long span, float scale,
+                          float *work, long threads)
+{
+    long rep = H / Hk, items = n * H, slot_size = n * Hk * D;
+    float *acc = work, *qs = acc + items * D, *sc = qs + items * D, *run_max = sc + items * ATTN_BLOCK;
+    float *run_sum = run_max + items;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        long nt = omp_get_num_threads(), id = omp_get_thread_num();
+        long r0 = n * id / nt, r1 = n * (id + 1) / nt;
+        for (long it = r0 * H; it < r1 * H; it++) {
+            run_max[it] = -INFINITY, run_sum[it] = 0.0f;
+            for (long j = 0; j < D; j++) {
+                acc[it * D + j] = 0.0f;
+                qs[it * D + j] = LD(q[it * D + j]) * scale;
+            }
+        }
+        for (long start = 0; start < span; start += ATTN_BLOCK) {
+            long count = span - start < ATTN_BLOCK ? span - start : ATTN_BLOCK;
+            /* scores of the block, slot by slot: this thread's keys of a slot are one contiguous run */
+            for (long t = 0; t < count; t++) {
+                const T *kt = cache_k + (start + t) * slot_size;
+                for (long i = r0; i < r1; i++) {
+                    int masked = key_mask && !key_mask[i * mask_sn + start + t];
+                    for (long h = 0; h < H; h++) {
+                        long it = i * H + h;
+                        const T *k = kt + (i * Hk + h / rep) * D;
+                        const float *qf = qs + it * D;
+                        float s = 0.0f;
+                        #pragma omp simd reduction(+ : s)
+                        for (long j = 0; j < D; j++)
+                            s += qf[j] * LD(k[j]);
+                        sc[it * ATTN_BLOCK + t] = masked ? -INFINITY : s;
+                    }
+                }
+            }
+            /* online softmax: rescale what was accumulated if the max grew, turn scores into weights */
+            for (long it = r0 * H; it < r1 * H; it++) {
+                float *st = sc + it * ATTN_BLOCK, block_max = -INFINITY;
+                for (long t = 0; t < count; t++)
+                    block_max = st[t] > block_max ? st[t] : block_max;
+                if (block_max > run_max[it]) {
+                    float shrink = fast_expf(run_max[it] - block_max); /* 0 on the first block */
+                    run_sum[it] *= shrink;
+                    for (long j = 0; j < D; j++)
+                        acc[it * D + j] *= shrink;
+                    run_max[it] = block_max;
+                }
+                float mx = run_max[it], total = 0.0f;
+                #pragma omp simd reduction(+ : total)
+                for (long t = 0; t < count; t++) {
+                    float p = st[t] == -INFINITY ? 0.0f : fast_expf(st[t] - mx); /* mx may be -inf too */
+                    st[t] = p;
+                    total += p;
+                }
+                run_sum[it] += total;
+            }
+            /* weighted values, slot by slot */
+            for (long t = 0; t < count; t++) {
+                const T *vt = cache_v + (start + t) * slot_size;
+                for (long i = r0; i < r1; i++)
+                    for (long h = 0; h < H; h++) {
+                        long it = i * H + h;
+                        float p = sc[it * ATTN_BLOCK + t];
+                        if (p == 0.0f)
+                            continue; /* masked: its value slot may hold anything */
+                        const T *v = vt + (i * Hk + h / rep) * D;
+                        float *a = acc + it * D;
+                        #pragma omp simd
+                        for (long j = 0; j < D; j++)
+                            a[j] += p * LD(v[j]);
+                    }
+            }
+        }
+        for (long it = r0 * H; it < r1 * H; it++) {
+            float inv = run_sum[it] > 0.0f ? 1.0f / run_sum[it] : 0.0f;
+            for (long j = 0; j < D; j++)
+                out[it * D + j] = ST(acc[it * D + j] * inv);
+        }
+    }
+}
+
+/* out = silu(g) * u for the gated MLP, as transformers computes act_fn(gate) * up: silu rounded to T,
+ * the product rounded to T. g, u, out: `count` elements in the same layout. */
+void FN(silu_mul)(const T *g, const T *u, T *out, long count)
+{
+    #pragma omp simd
+    for (long e = 0; e < count; e++) {
+        float x = LD(g[e]);
+        out[e] = ST(RND(x / (1.0f + fast_expf(-x))) * LD(u[e]));
+    }
+}
