@@ -321,3 +321,12 @@ def test_rope_table_gives_the_per_step_rotary_embedding(rope, monkeypatch):
         return torch.stack(out)
 
     assert torch.equal(decode(True), decode(False))
+
+
+def test_prefill_in_chunks_of_rows_gives_the_same_tokens(small_llama, monkeypatch):
+    # the prompts are encoded a few rows at a time (here 2 rows of 9 tokens per chunk, 3 chunks, the last
+    # one short); each chunk fills its own rows of the cache: greedy tokens stay transformers' own
+    from alignkit.generation.engine import LlamaStaticCacheBackend
+
+    monkeypatch.setattr(LlamaStaticCacheBackend, "PREFILL_CHUNK_TOKENS", 18)
+    assert _greedy_matches_transformers(small_llama, _prompts(10, [7, 2, 9, 5, 1]), new_tokens=12)

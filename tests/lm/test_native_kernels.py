@@ -186,3 +186,35 @@ def test_kernels_are_built_once_into_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_loaded", {})  # a new process: found in the cache, not rebuilt
     assert native.load_decode_kernels() is not None
     assert built[0].stat().st_mtime_ns == stamp and len(list(tmp_path.rglob("*.so"))) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["rows", "feature-major"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_rows_draws_what_sample_from_probs_draws(kernels, dtype, layout, temperature):
+    # same uniforms -> same tokens as the PyTorch sampler (softmax in fp32, inverse CDF in float64), EOS ids
+    # never drawn while forbidden yet kept in the log-prob's normaliser; rows in both layouts the engine has
+    from alignkit.generation.base import sample_from_probs
+
+    n, vocab = 37, 211  # two full blocks of 16 rows and a partial one
+    logits = _randn(n, vocab, seed=1, dtype=dtype, scale=3)
+    logits[:, 2] += 4.0  # a likely EOS, so forbidding it matters
+    if layout == "feature-major":
+        logits = logits.t().contiguous().t()
+    forbid = torch.zeros(vocab, dtype=torch.uint8)
+    forbid[[2, 5]] = 1
+    for forbidden in (None, forbid):
+        uniforms = torch.rand(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        token, logp = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.float32)
+        kernels.sample_rows(logits, temperature, uniforms, forbidden, token, logp)
+        logp_full = torch.log_softmax(logits.float() / temperature, -1)
+        probs = logp_full.exp()
+        if forbidden is not None:
+            probs[:, forbidden.bool()] = 0.0
+        expected = sample_from_probs(probs, torch.Generator().manual_seed(2))
+        assert torch.equal(token, expected)
+        torch.testing.assert_close(logp, logp_full.gather(-1, token[:, None])[:, 0], atol=2e-6, rtol=0)
+        if forbidden is not None:
+            assert not forbidden[token].any()
+        else:
+            assert (token == 2).any()  # the draws do reach the likely EOS when it is allowed

@@ -321,9 +321,10 @@ class LlamaStaticCacheBackend:
             self.zeroed_until = end
         return end
 
-    def _prefill_attention(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor) -> torch.Tensor:
-        """Self-attention of the prompts ``h [N, P, d]`` (``attn_mask [N, 1, P, P]``, True = may attend),
-        writing their keys and values to cache slots ``[0, P)``."""
+    def _prefill_attention(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor,
+                           rows: slice) -> torch.Tensor:
+        """Self-attention of the prompts ``h [n, P, d]`` (``attn_mask [n, 1, P, P]``, True = may attend),
+        writing their keys and values to cache slots ``[0, P)`` of batch rows ``rows``."""
         attn = layer.self_attn
         n, q_len, _ = h.shape
         q = attn.q_proj(h).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
@@ -331,25 +332,26 @@ class LlamaStaticCacheBackend:
         v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         cache_k, cache_v = self.cache_slots(idx)
-        cache_k[:, :, :q_len] = k
-        cache_v[:, :, :q_len] = v
+        cache_k[rows, :, :q_len] = k
+        cache_v[rows, :, :q_len] = v
         keys, values = self._repeat_kv(k, v)
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim)
         return attn.o_proj(out)
 
     def _prefill_forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                         attn_mask: torch.Tensor) -> torch.Tensor:
-        """Run the decoder on the prompts ``input_ids [N, P]``, filling cache slots [0, P); returns the last
-        position's final hidden state ``[N, 1, d]``."""
+                         attn_mask: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Run the decoder on the prompts ``input_ids [n, P]`` of batch rows ``rows``, filling their cache
+        slots [0, P); returns the last position's final hidden state ``[n, 1, d]``."""
         dec = self.decoder
         h = dec.embed_tokens(input_ids)
-        cos, sin = self._rope(h, position_ids)  # [N, 1, P, D], once for all layers
+        cos, sin = self._rope(h, position_ids)  # [n, 1, P, D], once for all layers
         for idx, layer in enumerate(dec.layers):
-            h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask)
+            h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows)
             h = h + layer.mlp(self.post_norms[idx](h))
-        self.length = input_ids.shape[1]
         return self.final_norm(h[:, -1:])
+
+    PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Encode left-padded prompts ``[N, P]``; returns the logits for the first new token ``[N, V]``."""
@@ -375,15 +377,23 @@ class LlamaStaticCacheBackend:
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
         attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(p, dtype=torch.bool, device=input_ids.device)
-        h = self._prefill_forward(input_ids, position_ids, attn_mask[:, None])
+        # in chunks of rows: the MLP's intermediate activations of a whole batch of prompts (5.5 MB per tensor
+        # at 64 x 32 tokens, hidden 672, fp32) would otherwise outweigh the rest of the call's memory
+        chunk = max(1, self.PREFILL_CHUNK_TOKENS // p)
+        h = torch.cat([self._prefill_forward(input_ids[r:r + chunk], position_ids[r:r + chunk],
+                                             attn_mask[r:r + chunk, None], slice(r, r + chunk))
+                       for r in range(0, n, chunk)])
+        self.length = p
         return self.model.lm_head(h)[:, -1]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row ``[N]``; returns the next logits ``[N, V]``."""
+    def step(self, tokens: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+        """Append one token per row ``[N]``; returns the next logits ``[N, V]`` (with ``contiguous=False``, as
+        the head's GEMM leaves them: a transposed view)."""
         self.key_mask[:, self.length] = True
         h = self._decode(tokens)
         self.next_pos = self.next_pos + 1
-        return self.decode_head(h).contiguous()
+        logits = self.decode_head(h)
+        return logits.contiguous() if contiguous else logits
 
     def release(self) -> None:
         self.cache_k, self.cache_v, self.key_mask, self.decode_layers, self.rope_table = [], [], None, None, None
@@ -399,6 +409,8 @@ class HFCacheBackend:
         self.mask: torch.Tensor | None = None
         self.next_pos: torch.Tensor | None = None
 
+    PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)
+
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
@@ -407,7 +419,9 @@ class HFCacheBackend:
         self.next_pos = position_ids[:, -1:] + 1
         return out.logits[:, -1]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+        """Append one token per row ``[N]``; returns the next logits ``[N, V]`` (``contiguous`` is for the
+        caller's sake only: these are whatever the model returns)."""
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(
             input_ids=tokens[:, None],
@@ -422,6 +436,58 @@ class HFCacheBackend:
 
     def release(self) -> None:
         self.past = None
+
+
+class _StepSampler:
+    """The per-step draw of :meth:`KVCacheGenerator.generate`: ``(logits [N, V], eos_allowed) -> (token [N],
+    log-prob [N])``, the log-prob under the full tempered distribution (what the trainer recomputes).
+
+    Greedy: argmax (EOS masked while forbidden, as transformers' MinNewTokens processor). Sampling: softmax
+    of ``logits / T`` (top-k/top-p applied if set) drawn by inverse CDF, EOS given probability 0 while
+    forbidden. On the native decode path plain sampling (no top-k/top-p) is one kernel over the logits as
+    the step leaves them (:meth:`~alignkit.generation.native.DecodeKernels.sample_rows`): the same uniforms
+    and the same draw, without the log-softmax, exp, cumulative sum and search as separate ops.
+    """
+
+    def __init__(self, sampling: SamplingParams, eos: torch.Tensor, rng: torch.Generator | None, backend,
+                 vocab: int, n: int):
+        self.sampling, self.eos, self.rng = sampling, eos, rng
+        self.truncate = sampling.top_k > 0 or sampling.top_p < 1.0
+        native = getattr(backend, "native", None)
+        self.fused = native[0] if native and not sampling.greedy and not self.truncate else None
+        if self.fused is not None:
+            self.forbid = torch.zeros(vocab, dtype=torch.uint8)
+            self.forbid[eos[eos < vocab]] = 1
+            self.token, self.logp = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.float32)
+
+    def __call__(self, logits: torch.Tensor, eos_allowed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        sampling, eos = self.sampling, self.eos
+        if self.fused is not None:
+            uniforms = torch.rand(logits.shape[0], generator=self.rng, dtype=torch.float64, device=logits.device)
+            self.fused.sample_rows(logits, sampling.temperature, uniforms, None if eos_allowed else self.forbid,
+                                   self.token, self.logp)
+            return self.token, self.logp
+        scores = logits.float()
+        if sampling.temperature != 1.0:
+            scores = scores / sampling.temperature
+        logp_full = torch.log_softmax(scores, dim=-1)
+        if sampling.greedy:
+            if not eos_allowed:
+                logits = logits.clone()
+                logits[:, eos] = float("-inf")
+            token = logits.argmax(-1)
+        else:
+            if self.truncate:
+                scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+                if not eos_allowed:
+                    scores[:, eos] = float("-inf")
+                probs = torch.softmax(scores, -1)
+            else:
+                probs = logp_full.exp()
+                if not eos_allowed:  # EOS forbidden: zero it (the sampler renormalises)
+                    probs[:, eos] = 0.0
+            token = sample_from_probs(probs, self.rng)
+        return token, logp_full.gather(-1, token[:, None]).squeeze(-1)
 
 
 class KVCacheGenerator:
@@ -499,32 +565,11 @@ class KVCacheGenerator:
             logits = backend.prefill(ids, mask, sampling.max_new_tokens)
             t_prefill = time.perf_counter() - t0
             steps = 0
-            truncate = sampling.top_k > 0 or sampling.top_p < 1.0
             any_done = False  # Python-side flag: skip the per-row bookkeeping until some row has ended
+            draw = _StepSampler(sampling, eos, rng, backend, logits.shape[-1], n)
             for t in range(sampling.max_new_tokens):
                 eos_allowed = t >= sampling.min_new_tokens
-                # one pass: log-probs of the full tempered distribution (what the trainer recomputes)
-                scores = logits.float()
-                if sampling.temperature != 1.0:
-                    scores = scores / sampling.temperature
-                logp_full = torch.log_softmax(scores, dim=-1)
-                if sampling.greedy:
-                    if not eos_allowed:  # EOS forbidden, as transformers' MinNewTokens processor
-                        logits = logits.clone()
-                        logits[:, eos] = float("-inf")
-                    token = logits.argmax(-1)
-                else:
-                    if truncate:
-                        scores = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-                        if not eos_allowed:
-                            scores[:, eos] = float("-inf")
-                        probs = torch.softmax(scores, -1)
-                    else:
-                        probs = logp_full.exp()
-                        if not eos_allowed:  # EOS forbidden: zero it (the sampler renormalises)
-                            probs[:, eos] = 0.0
-                    token = sample_from_probs(probs, rng)
-                logp = logp_full.gather(-1, token[:, None]).squeeze(-1)
+                token, logp = draw(logits, eos_allowed)
                 if any_done:
                     token = token.masked_fill(done, self.pad_token_id)
                     logp = logp.masked_fill(done, 0.0)
@@ -543,7 +588,7 @@ class KVCacheGenerator:
                             break
                 if t + 1 == sampling.max_new_tokens:
                     break
-                logits = backend.step(token)
+                logits = backend.step(token, contiguous=draw.fused is None)
         finally:
             backend.release()
             if was_training:

@@ -47,6 +47,7 @@ _SIGNATURES = {
     "rope_to_cache": (_P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L),
     "decode_attention": (_P, _P, _P, _P, _L, _P, _L, _L, _L, _L, _L, _F, _P, _L),
     "silu_mul": (_P, _P, _P, _L),
+    "sample_rows": (_P, _L, _L, _L, _L, _F, _P, _P, _P, _P, _L),
 }
 
 _lock = threading.Lock()
@@ -191,3 +192,16 @@ class DecodeKernels:
         """``out = silu(gate) * up``, elementwise over tensors of one shape and layout. Returns ``out``."""
         self._fn["silu_mul", out.dtype](gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel())
         return out
+
+    def sample_rows(self, logits: torch.Tensor, temperature: float, uniforms: torch.Tensor,
+                    forbid: torch.Tensor | None, token: torch.Tensor, logp: torch.Tensor) -> None:
+        """One draw per row of ``logits [N, V]`` (any strides; the decode step's are a transposed view) from
+        softmax(logits / temperature), by inverse CDF with ``uniforms [N]`` (float64 in [0, 1)), ids flagged
+        in ``forbid [V]`` (uint8/bool, None: none) never drawn; the same draw as
+        :func:`~alignkit.generation.base.sample_from_probs` on those probabilities. Writes ``token [N]``
+        (int64) and ``logp [N]`` (float32): the token's log-prob under the full tempered distribution."""
+        n, vocab = logits.shape
+        threads = torch.get_num_threads() if n * vocab >= 1 << 16 else 1
+        self._fn["sample_rows", logits.dtype](
+            logits.data_ptr(), logits.stride(0), logits.stride(1), n, vocab, temperature, uniforms.data_ptr(),
+            None if forbid is None else forbid.data_ptr(), token.data_ptr(), logp.data_ptr(), threads)

@@ -128,6 +128,9 @@ void FN(decode_attention)(const T *q, const T *cache_k, const T *cache_v, const 
                         long it = i * H + h;
                         const T *k = kt + (i * Hk + h / rep) * D;
                         const float *qf = qs + it * D;
+                        if (t + 1 < count)
+                            for (long b = 0; b < D * (long)sizeof(T); b += 64)
+                                __builtin_prefetch((const char *)(k + slot_size) + b, 0, 0);
                         float s = 0.0f;
                         #pragma omp simd reduction(+ : s)
                         for (long j = 0; j < D; j++)
@@ -168,6 +171,9 @@ void FN(decode_attention)(const T *q, const T *cache_k, const T *cache_v, const 
                             continue; /* masked: its value slot may hold anything */
                         const T *v = vt + (i * Hk + h / rep) * D;
                         float *a = acc + it * D;
+                        if (t + 1 < count)
+                            for (long b = 0; b < D * (long)sizeof(T); b += 64)
+                                __builtin_prefetch((const char *)(v + slot_size) + b, 0, 0);
                         #pragma omp simd
                         for (long j = 0; j < D; j++)
                             a[j] += p * LD(v[j]);
@@ -190,5 +196,62 @@ void FN(silu_mul)(const T *g, const T *u, T *out, long count)
     for (long e = 0; e < count; e++) {
         float x = LD(g[e]);
         out[e] = ST(RND(x / (1.0f + fast_expf(-x))) * LD(u[e]));
+    }
+}
+
+/* One multinomial draw per row from softmax(logits / temperature), by inverse CDF with the uniform u[i]:
+ * token = the first v whose cumulative probability exceeds u[i] * (total), in double, as
+ * alignkit.generation.base.sample_from_probs. Ids flagged in `forbid` (a byte per id, NULL: none; EOS
+ * before min_new_tokens) get probability 0 in the draw but stay in the normaliser of the returned log-prob,
+ * log softmax(logits / temperature)[token], which is the full tempered distribution's (what the trainer
+ * recomputes). logits: [n, V] with strides (sn, sv), either layout. Rows go in blocks of ROW_BLOCK, three
+ * passes over the block's logits (max, normaliser, scan), the blocks split over `threads` threads. */
+void FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float temperature, const double *u,
+                     const unsigned char *forbid, long *token, float *logp, long threads)
+{
+    long blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long b = 0; b < blocks; b++) {
+        long i0 = b * ROW_BLOCK, m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
+        float mx[ROW_BLOCK];
+        double total[ROW_BLOCK], allowed[ROW_BLOCK], cum[ROW_BLOCK];
+        long found[ROW_BLOCK], last[ROW_BLOCK];
+        for (long i = 0; i < m; i++)
+            mx[i] = -INFINITY, total[i] = 0.0, allowed[i] = 0.0, cum[i] = 0.0, found[i] = -1, last[i] = -1;
+        const T *x = logits + i0 * sn;
+        for (long v = 0; v < V; v++)
+            for (long i = 0; i < m; i++) {
+                float s = LD(x[v * sv + i * sn]) / temperature;
+                mx[i] = s > mx[i] ? s : mx[i];
+            }
+        for (long v = 0; v < V; v++) {
+            int skip = forbid && forbid[v];
+            for (long i = 0; i < m; i++) {
+                float p = fast_expf(LD(x[v * sv + i * sn]) / temperature - mx[i]);
+                total[i] += p;
+                allowed[i] += skip ? 0.0f : p;
+            }
+        }
+        long pending = m;
+        for (long v = 0; v < V && pending; v++) {
+            if (forbid && forbid[v])
+                continue;
+            for (long i = 0; i < m; i++) {
+                float p = fast_expf(LD(x[v * sv + i * sn]) / temperature - mx[i]);
+                cum[i] += p;
+                if (p > 0.0f)
+                    last[i] = v;
+                if (found[i] < 0 && cum[i] > u[i0 + i] * allowed[i])
+                    found[i] = v, pending--;
+            }
+        }
+        for (long i = 0; i < m; i++) {
+            long tok = found[i] >= 0 ? found[i] : last[i]; /* rounding left u*total just past the end */
+            if (tok < 0)
+                tok = 0; /* every id forbidden or of probability 0: the caller checks this cannot happen */
+            token[i0 + i] = tok;
+            float s = LD(x[tok * sv + i * sn]) / temperature;
+            logp[i0 + i] = (s - mx[i]) - (float)log(total[i]);
+        }
     }
 }
