@@ -5,11 +5,14 @@ One decoding loop (:class:`KVCacheGenerator`) over one of two forward backends:
 * :class:`LlamaStaticCacheBackend` for Llama-family models (llama, mistral, qwen2): the model's own
   weights and modules run in a lean loop with a KV cache preallocated once for prompt + max_new_tokens.
   No per-step mask building, cache concatenation or output objects, which is where ``model.generate``
-  spends its time on small and medium models. The decode step works on 2-D ``[N, d]`` activations with
-  weight-major GEMMs ``(W @ x.T).T`` (about 2x faster than ``x @ W.T`` on CPU at batch sizes of tens),
-  RMSNorm and RoPE as transformers computes them (RoPE from a per-call table), and, outside fp32, an
-  attention over fixed-size buckets of the cache. docs/benchmarks.md measures it against
-  ``model.generate``.
+  spends its time on small and medium models. On CPU, in fp32 or bf16, each decode step runs the fused C
+  kernels of :mod:`alignkit.generation.native` between the model's GEMMs (residual add + RMSNorm, RoPE +
+  cache write, attention over a slot-major cache, SiLU-mul; plain sampling too) on feature-major
+  activations ``[features, N]``, so each GEMM is ``W @ x`` without a transpose. Elsewhere (no C compiler,
+  another dtype or device, another norm or MLP) the same step runs as PyTorch ops on ``[N, d]``
+  activations with weight-major GEMMs ``(W @ x.T).T``, RMSNorm and RoPE as transformers computes them and,
+  outside fp32, an attention over fixed-size buckets of the cache. docs/benchmarks.md measures both
+  against ``model.generate``.
 * :class:`HFCacheBackend` for any other causal LM: the model's ``forward`` with its own cache object.
 
 Both give the same tokens as ``model.generate`` for greedy decoding (a test checks this token for token).
@@ -368,7 +371,12 @@ class LlamaStaticCacheBackend:
         cos, sin = self._rope(h, position_ids)  # [n, 1, P, D], once for all layers
         for idx, layer in enumerate(dec.layers):
             h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows)
-            h = h + layer.mlp(self.post_norms[idx](h))
+            x = self.post_norms[idx](h)
+            if self.native:  # the gated MLP's activation in one kernel (silu and mul on 5 MB tensors at B64)
+                mlp, gate = layer.mlp, layer.mlp.gate_proj(x)
+                h = h + mlp.down_proj(self.native[0].silu_mul(gate, mlp.up_proj(x), torch.empty_like(gate)))
+            else:
+                h = h + layer.mlp(x)
         return self.final_norm(h[:, -1:])
 
     PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)

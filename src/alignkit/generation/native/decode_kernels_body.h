@@ -14,12 +14,13 @@
  */
 
 /* h += r (if r), then out = w * rms_norm(h) per row, as transformers' RMSNorm: normalise in fp32, round
- * to T, scale by the weight in T. h, r, out: [d, n]. */
+ * to T, scale by the weight in T. h, r, out: [d, n]. Blocks of rows go to torch's OpenMP threads. */
 void FN(add_rms_norm)(T *h, const T *r, const T *w, T *out, long n, long d, float eps)
 {
-    float ss[ROW_BLOCK];
+    #pragma omp parallel for schedule(static) if (n >= 2 * ROW_BLOCK)
     for (long i0 = 0; i0 < n; i0 += ROW_BLOCK) {
         long m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
+        float ss[ROW_BLOCK];
         for (long i = 0; i < m; i++)
             ss[i] = 0.0f;
         for (long f = 0; f < d; f++) {
@@ -51,7 +52,7 @@ void FN(add_rms_norm)(T *h, const T *r, const T *w, T *out, long n, long d, floa
  * negated, so rope(x)[j] = x[j] cos[j] + x[(j + D/2) mod D] sin[j]; q_out: [n, H, D]; caches: slot-major
  * [L, n, Hk, D].
  * Each head of a block of rows is first gathered into a row-major buffer (one cache line per feature
- * read), then rotated row by row with contiguous loads and stores. */
+ * read), then rotated row by row with contiguous loads and stores; blocks go to torch's OpenMP threads. */
 static void FN(rope_heads)(const T *x, long n, long i0, long m, long heads, long D, const T *cos_t,
                            const T *sin_t, const long *pos, T *dst, long dst_row, long dst_head, int rotate)
 {
@@ -84,6 +85,7 @@ void FN(rope_to_cache)(const T *q, const T *k, const T *v, const T *cos_t, const
                        T *q_out, T *cache_k, T *cache_v, long n, long H, long Hk, long D, long slot)
 {
     T *k_slot = cache_k + slot * n * Hk * D, *v_slot = cache_v + slot * n * Hk * D;
+    #pragma omp parallel for schedule(static) if (n >= 2 * ROW_BLOCK)
     for (long i0 = 0; i0 < n; i0 += ROW_BLOCK) {
         long m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
         FN(rope_heads)(q, n, i0, m, H, D, cos_t, sin_t, pos, q_out, H * D, D, 1);
