@@ -64,7 +64,7 @@ def run(quick: bool = False) -> dict:
     batches = [16] if quick else [16, 64]
     dtypes = ["fp32"] if quick else ["fp32", "bf16"]
     new_tokens = 16 if quick else NEW_TOKENS
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 7
     rows = []
     for dtype in dtypes:
         for batch in batches:
