@@ -325,39 +325,50 @@ class LlamaStaticCacheBackend:
         return end
 
     def _prefill_attention(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor,
-                           rows: slice) -> torch.Tensor:
+                           rows: slice, last_only: bool = False) -> torch.Tensor:
         """Self-attention of the prompts ``h [n, P, d]`` (``attn_mask [n, 1, P, P]``, True = may attend),
-        writing their keys and values to cache slots ``[0, P)`` of batch rows ``rows``."""
+        writing their keys and values to cache slots ``[0, P)`` of batch rows ``rows``. ``last_only``: the
+        output at the last position only, ``[n, 1, d]`` (the last layer: nothing else reads the others)."""
         attn = layer.self_attn
         n, q_len, _ = h.shape
-        q = attn.q_proj(h).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        queries = h[:, -1:] if last_only else h
+        q = attn.q_proj(queries).view(n, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        if last_only:
+            q, attn_mask = _apply_rope(q, cos[:, :, -1:], sin[:, :, -1:]), attn_mask[:, :, -1:]
+        else:
+            q = _apply_rope(q, cos, sin)
+        k = _apply_rope(k, cos, sin)
         cache_k, cache_v = self.cache_slots(idx)
         cache_k[rows, :, :q_len] = k
         cache_v[rows, :, :q_len] = v
         keys, values = self._repeat_kv(k, v)
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
-        out = out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim)
+        out = out.transpose(1, 2).reshape(n, q.shape[2], self.num_heads * self.head_dim)
         return attn.o_proj(out)
 
     def _prefill_forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                          attn_mask: torch.Tensor, rows: slice) -> torch.Tensor:
         """Run the decoder on the prompts ``input_ids [n, P]`` of batch rows ``rows``, filling their cache
-        slots [0, P); returns the last position's final hidden state ``[n, 1, d]``."""
+        slots [0, P); returns the last position's final hidden state ``[n, 1, d]``. The last layer computes
+        keys and values everywhere but its queries, output projection and MLP at the last position only
+        (a fifth of the prefill's GEMMs at 4 layers)."""
         dec = self.decoder
         h = dec.embed_tokens(input_ids)
         cos, sin = self._rope(h, position_ids)  # [n, 1, P, D], once for all layers
+        last = len(dec.layers) - 1
         for idx, layer in enumerate(dec.layers):
-            h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows)
+            out = self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows,
+                                          last_only=idx == last)
+            h = (h[:, -1:] if idx == last else h) + out
             x = self.post_norms[idx](h)
             if self.native:  # the gated MLP's activation in one kernel (silu and mul on 5 MB tensors at B64)
                 mlp, gate = layer.mlp, layer.mlp.gate_proj(x)
                 h = h + mlp.down_proj(self.native[0].silu_mul(gate, mlp.up_proj(x), torch.empty_like(gate)))
             else:
                 h = h + layer.mlp(x)
-        return self.final_norm(h[:, -1:])
+        return self.final_norm(h)
 
     PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)
 
