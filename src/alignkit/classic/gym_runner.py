@@ -71,15 +71,15 @@ class GymConfig:
 
     env_id: str = option("CartPole-v1", "gymnasium environment id (Box observations; Discrete or 1-d Box actions)")
     algo: str = option("ppo", "algorithm: reinforce, a2c, qac (Q actor-critic, discrete only), ppo, trpo, "
-                     "bc (behaviour cloning of a PPO or given expert), pref_ppo (PPO on a learnt preference "
-                     "reward)", choices=ALGOS)
+                       "bc (behaviour cloning of a PPO or given expert), pref_ppo (PPO on a learnt preference "
+                       "reward)", choices=ALGOS)
     total_steps: int = option(100_000, "environment steps to train for (bc: the expert's PPO steps)")
     seed: int = option(1, "seed of torch, the environments' resets and the action spaces")
     num_envs: int = option(4, "parallel environments N")
     num_steps: int = option(0, "steps per environment per rollout T (0 = the algorithm's: "
-                          f"{_defaults_help('num_steps')})")
+                            f"{_defaults_help('num_steps')})")
     learning_rate: float = option(0.0, "Adam learning rate (trpo: the critic's; 0 = the algorithm's: "
-                                f"{_defaults_help('learning_rate')})")
+                                  f"{_defaults_help('learning_rate')})")
     gamma: float = option(0.99, "discount factor")
     gae_lambda: float = option(0.95, "GAE lambda (a2c, ppo, trpo, pref_ppo); 1 = n-step returns")
     anneal_lr: bool = option(True, "ppo / pref_ppo: decay the learning rate linearly to 0")
@@ -98,10 +98,10 @@ class GymConfig:
     critic_epochs: int = option(10, "trpo: passes of critic regression per update")
     q_baseline: bool = option(False, "qac: weight grad log pi by Q(s,a) - E_pi Q(s,.) instead of Q(s,a)")
     bootstrap_truncated: bool = option(True, "bootstrap V(final observation) at time-limit truncations "
-                                     "(False treats them as terminations: wrong, for comparison)")
+                                       "(False treats them as terminations: wrong, for comparison)")
     hidden_size: int = option(64, "width of the two hidden tanh layers of every network")
     bc_expert_checkpoint: str = option("", "bc: policy.pt of an earlier run to clone (empty = train a PPO expert "
-                                     "for total_steps first)")
+                                       "for total_steps first)")
     bc_episodes: int = option(20, "bc: expert episodes to record")
     bc_expert_deterministic: bool = option(True, "bc: the expert demonstrates its most likely action")
     bc_epochs: int = option(30, "bc: passes over the demonstrations")
@@ -113,7 +113,7 @@ class GymConfig:
     pref_reward_updates: int = option(8, "pref_ppo: reward-model Adam steps per update")
     pref_batch_size: int = option(64, "pref_ppo: pairs per reward-model step")
     pref_temperature: float = option(1.0, "pref_ppo: synthetic labeller's Bradley-Terry temperature on true "
-                                   "segment returns (0 = always the better segment)")
+                                     "segment returns (0 = always the better segment)")
     reward_learning_rate: float = option(1e-3, "pref_ppo: Adam learning rate of the reward model")
     eval_episodes: int = option(20, "episodes of the final evaluation")
     eval_deterministic: bool = option(False, "evaluate the policy's most likely action instead of sampling")

@@ -1,10 +1,11 @@
 """Native (C) kernels for the decode step of :class:`~alignkit.generation.engine.LlamaStaticCacheBackend`.
 
 A decode step of a small model on CPU spends as much time dispatching small PyTorch ops (RMSNorm's five,
-RoPE's six, the cache writes, the attention's, the MLP's activation) as in its matrix products. The four
-kernels in ``decode_kernels.c`` do that work in one call each: ``add_rms_norm`` (residual add + RMSNorm),
-``rope_to_cache`` (RoPE of queries and keys + KV-cache write), ``decode_attention`` (one query per row
-over the cache, online softmax in fp32) and ``silu_mul`` (the gated MLP's activation). fp32 and bf16.
+RoPE's six, the cache writes, the attention's, the MLP's activation, the sampler's) as in its matrix
+products. The kernels in ``decode_kernels.c`` do that work in one call each: ``add_rms_norm`` (residual add
++ RMSNorm), ``rope_to_cache`` (RoPE of queries and keys + KV-cache write), ``decode_attention`` (one query
+per row over the cache, online softmax in fp32), ``silu_mul`` (the gated MLP's activation) and
+``sample_rows`` (a multinomial draw per row and its log-prob). fp32 and bf16.
 
 The library is compiled at first use with the system's C compiler (``$CC`` or ``cc``; a second or so) into
 a per-user cache, keyed by the sources, the flags and the CPU (``-march=native``), and loaded with ctypes,
@@ -49,6 +50,8 @@ _SIGNATURES = {
     "silu_mul": (_P, _P, _P, _L),
     "sample_rows": (_P, _L, _L, _L, _L, _F, _P, _P, _P, _P, _L),
 }
+
+_RESTYPES = {"sample_rows": ctypes.c_int}  # the others return nothing
 
 _lock = threading.Lock()
 _loaded: dict[str, DecodeKernels | None] = {}
@@ -144,7 +147,7 @@ class DecodeKernels:
         for dtype, suffix in _SUFFIX.items():
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, f"{name}_{suffix}")
-                fn.argtypes, fn.restype = argtypes, None
+                fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
                 self._fn[name, dtype] = fn
 
     def add_rms_norm(self, h: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
@@ -202,6 +205,7 @@ class DecodeKernels:
         (int64) and ``logp [N]`` (float32): the token's log-prob under the full tempered distribution."""
         n, vocab = logits.shape
         threads = torch.get_num_threads() if n * vocab >= 1 << 16 else 1
-        self._fn["sample_rows", logits.dtype](
-            logits.data_ptr(), logits.stride(0), logits.stride(1), n, vocab, temperature, uniforms.data_ptr(),
-            None if forbid is None else forbid.data_ptr(), token.data_ptr(), logp.data_ptr(), threads)
+        if self._fn["sample_rows", logits.dtype](
+                logits.data_ptr(), logits.stride(0), logits.stride(1), n, vocab, temperature, uniforms.data_ptr(),
+                None if forbid is None else forbid.data_ptr(), token.data_ptr(), logp.data_ptr(), threads):
+            raise MemoryError(f"sample_rows: no memory for its [{vocab}, 16] float buffer")

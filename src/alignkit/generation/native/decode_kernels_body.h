@@ -206,54 +206,69 @@ void FN(silu_mul)(const T *g, const T *u, T *out, long count)
  * alignkit.generation.base.sample_from_probs. Ids flagged in `forbid` (a byte per id, NULL: none; EOS
  * before min_new_tokens) get probability 0 in the draw but stay in the normaliser of the returned log-prob,
  * log softmax(logits / temperature)[token], which is the full tempered distribution's (what the trainer
- * recomputes). logits: [n, V] with strides (sn, sv), either layout. Rows go in blocks of ROW_BLOCK, three
- * passes over the block's logits (max, normaliser, scan), the blocks split over `threads` threads. */
-void FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float temperature, const double *u,
-                     const unsigned char *forbid, long *token, float *logp, long threads)
+ * recomputes). logits: [n, V] with strides (sn, sv), either layout. Rows go in blocks of ROW_BLOCK, the
+ * blocks split over `threads` threads; per block the tempered logits, then the probabilities, are kept in a
+ * [V, ROW_BLOCK] buffer, so each logit is divided and exponentiated once. Returns 0, or 1 if that buffer
+ * could not be allocated. */
+int FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float temperature, const double *u,
+                    const unsigned char *forbid, long *token, float *logp, long threads)
 {
     long blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    int failed = 0;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : failed)
     for (long b = 0; b < blocks; b++) {
         long i0 = b * ROW_BLOCK, m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
+        float *buf = malloc((size_t)V * ROW_BLOCK * sizeof(float));
+        if (!buf) {
+            failed = 1;
+            continue;
+        }
         float mx[ROW_BLOCK];
-        double total[ROW_BLOCK], allowed[ROW_BLOCK], cum[ROW_BLOCK];
+        double total[ROW_BLOCK], allowed[ROW_BLOCK], cum[ROW_BLOCK], target[ROW_BLOCK];
         long found[ROW_BLOCK], last[ROW_BLOCK];
         for (long i = 0; i < m; i++)
             mx[i] = -INFINITY, total[i] = 0.0, allowed[i] = 0.0, cum[i] = 0.0, found[i] = -1, last[i] = -1;
         const T *x = logits + i0 * sn;
-        for (long v = 0; v < V; v++)
-            for (long i = 0; i < m; i++) {
-                float s = LD(x[v * sv + i * sn]) / temperature;
-                mx[i] = s > mx[i] ? s : mx[i];
-            }
         for (long v = 0; v < V; v++) {
+            float *bv = buf + v * ROW_BLOCK;
+            for (long i = 0; i < m; i++) {
+                bv[i] = LD(x[v * sv + i * sn]) / temperature;
+                mx[i] = bv[i] > mx[i] ? bv[i] : mx[i];
+            }
+        }
+        for (long v = 0; v < V; v++) {
+            float *bv = buf + v * ROW_BLOCK;
             int skip = forbid && forbid[v];
             for (long i = 0; i < m; i++) {
-                float p = fast_expf(LD(x[v * sv + i * sn]) / temperature - mx[i]);
+                float p = fast_expf(bv[i] - mx[i]);
+                bv[i] = skip ? 0.0f : p;
                 total[i] += p;
                 allowed[i] += skip ? 0.0f : p;
             }
         }
-        long pending = m;
-        for (long v = 0; v < V && pending; v++) {
-            if (forbid && forbid[v])
-                continue;
+        for (long i = 0; i < m; i++)
+            target[i] = u[i0 + i] * allowed[i];
+        for (long v = 0; v < V; v++) {
+            const float *bv = buf + v * ROW_BLOCK;
+            long pending = 0;
             for (long i = 0; i < m; i++) {
-                float p = fast_expf(LD(x[v * sv + i * sn]) / temperature - mx[i]);
-                cum[i] += p;
-                if (p > 0.0f)
-                    last[i] = v;
-                if (found[i] < 0 && cum[i] > u[i0 + i] * allowed[i])
-                    found[i] = v, pending--;
+                cum[i] += bv[i];
+                last[i] = bv[i] > 0.0f ? v : last[i];
+                found[i] = (found[i] < 0 && cum[i] > target[i]) ? v : found[i];
+                pending += found[i] < 0;
             }
+            if (!pending)
+                break;
         }
         for (long i = 0; i < m; i++) {
-            long tok = found[i] >= 0 ? found[i] : last[i]; /* rounding left u*total just past the end */
-            if (tok < 0)
-                tok = 0; /* every id forbidden or of probability 0: the caller checks this cannot happen */
+            /* not found: rounding left u * total just past the end (take the last id of probability > 0);
+             * no such id only if every id but the forbidden ones underflowed to 0, where no draw exists and
+             * token 0 stands in (torch's sampler would give V - 1) */
+            long tok = found[i] >= 0 ? found[i] : (last[i] >= 0 ? last[i] : 0);
             token[i0 + i] = tok;
-            float s = LD(x[tok * sv + i * sn]) / temperature;
-            logp[i0 + i] = (s - mx[i]) - (float)log(total[i]);
+            logp[i0 + i] = (LD(x[tok * sv + i * sn]) / temperature - mx[i]) - (float)log(total[i]);
         }
+        free(buf);
     }
+    return failed;
 }
