@@ -58,22 +58,6 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-def _decode_linear(module: torch.nn.Module):
-    """A decode-step equivalent of ``module`` for ``x [N, in] -> [N, out]``.
-
-    A plain ``nn.Linear`` is computed as ``(W @ x.T).T``: with few rows (N = batch size) the GEMM with the
-    weight as the left operand runs about 2x faster on CPU than ``F.linear``'s ``x @ W.T`` (same products,
-    summed in another order). The result is a transposed view; elementwise ops keep that layout. Any other
-    module (a LoRA wrapper, a quantised layer) is called as it is.
-    """
-    if type(module) is not torch.nn.Linear:
-        return module
-    weight, bias = module.weight, module.bias
-    if bias is None:
-        return lambda x: torch.mm(weight, x.t()).t()
-    return lambda x: torch.addmm(bias[:, None], weight, x.t()).t()
-
-
 def _feature_major_linear(module: torch.nn.Module):
     """``module`` on feature-major activations: ``x [in, N] -> [out, N]`` (contiguous; ``x`` may be a
     transposed view). A plain ``nn.Linear`` is one GEMM ``W @ x`` (+ bias); any other module (a LoRA
@@ -84,6 +68,28 @@ def _feature_major_linear(module: torch.nn.Module):
     if bias is None:
         return lambda x: torch.mm(weight, x)
     return lambda x: torch.addmm(bias[:, None], weight, x)
+
+
+def _decode_linear(module: torch.nn.Module):
+    """A decode-step equivalent of ``module`` for ``x [N, in] -> [N, out]``.
+
+    A plain ``nn.Linear`` is computed as ``(W @ x.T).T`` (:func:`_feature_major_linear` on the transposed
+    view): with few rows (N = batch size) the GEMM with the weight as the left operand runs about 2x faster
+    on CPU than ``F.linear``'s ``x @ W.T`` (same products, summed in another order). The result is a
+    transposed view; elementwise ops keep that layout. Any other module (a LoRA wrapper, a quantised layer)
+    is called as it is.
+    """
+    if type(module) is not torch.nn.Linear:
+        return module
+    feature_major = _feature_major_linear(module)
+    return lambda x: feature_major(x.t()).t()
+
+
+def _gated_mlp(mlp: torch.nn.Module) -> tuple | None:
+    """``(gate_proj, up_proj, down_proj, act_fn)`` of a Llama/Mistral/Qwen2 gated MLP
+    ``down(act(gate(x)) * up(x))``, or None for an MLP of another form."""
+    parts = tuple(getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+    return None if any(part is None for part in parts) else parts
 
 
 class LlamaStaticCacheBackend:
@@ -116,7 +122,7 @@ class LlamaStaticCacheBackend:
         self.next_pos: torch.Tensor | None = None  # [N] position id of the next token
         # (kernels, per-layer pieces) for _decode_native, or None: decided at prefill, with the cache layout
         self.native = None
-        self.workspace: torch.Tensor | None = None  # the native attention's work buffer
+        self.step_buffers: tuple[torch.Tensor, ...] = ()  # _decode_native's x, q_rot, attn_out, workspace
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -143,15 +149,13 @@ class LlamaStaticCacheBackend:
         No weight is copied (a fused QKV weight was ~5% faster per step here, but it is a copy of a sixth of
         every layer's weights, made per generate call, and it pushed the peak memory above transformers').
         """
-        attn, mlp = layer.self_attn, layer.mlp
+        attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
         q, k, v, o = (_decode_linear(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        if all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            gate, up, down, act = (_decode_linear(mlp.gate_proj), _decode_linear(mlp.up_proj),
-                                   _decode_linear(mlp.down_proj), mlp.act_fn)
-            mlp_fn = lambda x: down(act(gate(x)) * up(x))  # noqa: E731  (the Llama/Mistral/Qwen2 gated MLP)
-        else:
-            mlp_fn = mlp
-        return q, k, v, o, mlp_fn
+        if gated is None:
+            return q, k, v, o, layer.mlp
+        gate, up, down = (_decode_linear(proj) for proj in gated[:3])
+        act = gated[3]
+        return q, k, v, o, lambda x: down(act(gate(x)) * up(x))
 
     def _native_plan(self, like: torch.Tensor):
         """The pieces for :meth:`_decode_native`, or None when the native kernels cannot run this model or
@@ -164,21 +168,22 @@ class LlamaStaticCacheBackend:
             return None
         if any(isinstance(norm, torch.nn.Module) for norm in (*self.input_norms, *self.post_norms, self.final_norm)):
             return None  # not the RMSNorm form _norm_fn recognises
+        final = self.decoder.norm
+        norms = [final, *(n for layer in self.decoder.layers for n in (layer.input_layernorm,
+                                                                         layer.post_attention_layernorm))]
+        if any(norm.weight.dtype != like.dtype for norm in norms):
+            return None
         layers = []
         for layer in self.decoder.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
-            if type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation") or not all(
-                    hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")):
+            attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
+            if gated is None or type(gated[3]).__name__ not in ("SiLU", "SiLUActivation"):
                 return None
+            norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
             layers.append((
                 norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
                 *(_feature_major_linear(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")),
-                *(_feature_major_linear(getattr(mlp, name)) for name in ("gate_proj", "up_proj", "down_proj")),
+                *(_feature_major_linear(proj) for proj in gated[:3]),
             ))
-        final = self.decoder.norm
-        if any(w.dtype != like.dtype for w in (final.weight, *(piece for layer in layers for piece in layer[:4:2]))):
-            return None
         kernels = load_decode_kernels()
         if kernels is None or self.head_dim > kernels.max_head_dim:
             return None
@@ -188,17 +193,13 @@ class LlamaStaticCacheBackend:
         """:meth:`_decode` with the native kernels (:mod:`alignkit.generation.native`) on feature-major
         activations ``[features, N]``. Per layer: residual add + RMSNorm (one kernel), the q/k/v GEMMs, RoPE
         + cache write (one kernel), attention (one kernel), the o GEMM, residual add + RMSNorm, the gate/up
-        GEMMs, SiLU-mul (one kernel), the down GEMM. The residual stream ``h [d, N]`` is updated in place and
-        ``x`` reused across layers (each GEMM has read it before the next kernel writes it). Returns the
-        final hidden states as a ``[N, d]`` view."""
+        GEMMs, SiLU-mul (one kernel), the down GEMM. The residual stream ``h [d, N]`` is updated in place; ``x``
+        and the other step buffers, made at prefill, are reused across layers and steps (each GEMM has read
+        ``x`` before the next kernel writes it). Returns the final hidden states as a ``[N, d]`` view of ``x``,
+        valid until the next step."""
         kernels, layers, (final_weight, final_eps) = self.native
-        if self.workspace is None:
-            self.workspace = kernels.attention_workspace(tokens.shape[0], self.num_heads, self.head_dim)
+        x, q_rot, attn_out, workspace = self.step_buffers
         h = self.decoder.embed_tokens(tokens).t().contiguous()  # [d, N]
-        n = h.shape[1]
-        x = torch.empty_like(h)
-        q_rot = h.new_empty((n, self.num_heads, self.head_dim))
-        attn_out = h.new_empty((n, self.num_heads * self.head_dim))
         slot = self.length
         mask = None if self.no_padding else self.key_mask
         cos_table, sin_table = self.rope_table
@@ -208,7 +209,7 @@ class LlamaStaticCacheBackend:
             cache_k, cache_v = self.cache_k[idx], self.cache_v[idx]
             kernels.rope_to_cache(q_proj(x), k_proj(x), v_proj(x), cos_table, sin_table, self.next_pos, q_rot,
                                   cache_k, cache_v, slot)
-            kernels.decode_attention(q_rot, cache_k, cache_v, mask, slot + 1, self.scale, attn_out, self.workspace)
+            kernels.decode_attention(q_rot, cache_k, cache_v, mask, slot + 1, self.scale, attn_out, workspace)
             kernels.add_rms_norm(h, o_proj(attn_out.t()), w_post, eps_post, x)
             g = gate(x)
             pending = down(kernels.silu_mul(g, up(x), torch.empty_like(g)))
@@ -392,6 +393,11 @@ class LlamaStaticCacheBackend:
         layers = len(self.decoder.layers)
         self.cache_k = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
         self.cache_v = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        if self.native:
+            heads, head_dim = self.num_heads, self.head_dim
+            self.step_buffers = (like.new_empty((like.shape[1], n)), like.new_empty((n, heads, head_dim)),
+                                 like.new_empty((n, heads * head_dim)),
+                                 self.native[0].attention_workspace(n, heads, head_dim))
         self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
@@ -416,7 +422,7 @@ class LlamaStaticCacheBackend:
 
     def release(self) -> None:
         self.cache_k, self.cache_v, self.key_mask, self.decode_layers, self.rope_table = [], [], None, None, None
-        self.native, self.workspace = None, None
+        self.native, self.step_buffers = None, ()
 
 
 class HFCacheBackend:
@@ -427,8 +433,6 @@ class HFCacheBackend:
         self.past = None
         self.mask: torch.Tensor | None = None
         self.next_pos: torch.Tensor | None = None
-
-    PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
