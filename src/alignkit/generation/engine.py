@@ -325,51 +325,78 @@ class LlamaStaticCacheBackend:
             self.zeroed_until = end
         return end
 
-    def _prefill_attention(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor,
-                           rows: slice, last_only: bool = False) -> torch.Tensor:
-        """Self-attention of the prompts ``h [n, P, d]`` (``attn_mask [n, 1, P, P]``, True = may attend),
-        writing their keys and values to cache slots ``[0, P)`` of batch rows ``rows``. ``last_only``: the
-        output at the last position only, ``[n, 1, d]`` (the last layer: nothing else reads the others)."""
-        attn = layer.self_attn
-        n, q_len, _ = h.shape
-        queries = h[:, -1:] if last_only else h
-        q = attn.q_proj(queries).view(n, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if last_only:
-            q, attn_mask = _apply_rope(q, cos[:, :, -1:], sin[:, :, -1:]), attn_mask[:, :, -1:]
-        else:
-            q = _apply_rope(q, cos, sin)
+    def _prefill_keys_values(self, idx: int, attn, x: torch.Tensor, cos, sin,
+                             rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the prompts ``x [n, P, d]`` (RoPE applied to the keys), written to cache slots
+        ``[0, P)`` of batch rows ``rows``; returned as ``[n, H_kv, P, D]``."""
+        n, q_len, _ = x.shape
+        k = attn.k_proj(x).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(n, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         k = _apply_rope(k, cos, sin)
         cache_k, cache_v = self.cache_slots(idx)
         cache_k[rows, :, :q_len] = k
         cache_v[rows, :, :q_len] = v
-        keys, values = self._repeat_kv(k, v)
+        return k, v
+
+    def _prefill_attention(self, idx: int, layer, x: torch.Tensor, cos, sin, attn_mask: torch.Tensor,
+                           rows: slice) -> torch.Tensor:
+        """Self-attention of the prompts ``x [n, P, d]`` (``attn_mask [n, 1, P, P]``, True = may attend),
+        writing their keys and values to the cache (see :meth:`_prefill_keys_values`)."""
+        attn = layer.self_attn
+        n, q_len, _ = x.shape
+        q = _apply_rope(attn.q_proj(x).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
+        keys, values = self._repeat_kv(*self._prefill_keys_values(idx, attn, x, cos, sin, rows))
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
-        out = out.transpose(1, 2).reshape(n, q.shape[2], self.num_heads * self.head_dim)
-        return attn.o_proj(out)
+        return attn.o_proj(out.transpose(1, 2).reshape(n, q_len, self.num_heads * self.head_dim))
+
+    def _step_linear(self, module: torch.nn.Module):
+        """``module`` on rows ``x [n, in] -> [n, out]`` computed as the decode step computes it (the same GEMM
+        operands and layouts, so the prefill's last layer adds no GEMM shapes, nor oneDNN primitives built
+        for them, to those the decode step uses anyway)."""
+        if not self.native:
+            linear = _decode_linear(module)
+            return lambda x: linear(x.contiguous())
+        feature_major = _feature_major_linear(module)
+        return lambda x: feature_major(x.t().contiguous()).t()
+
+    def _prefill_last_layer(self, idx: int, layer, h: torch.Tensor, cos, sin, attn_mask: torch.Tensor,
+                            rows: slice) -> torch.Tensor:
+        """The last decoder layer over the prompts ``h [n, P, d]``: keys and values at every position (to the
+        cache), but queries, attention, output projection and MLP at the last position only, since nothing
+        reads the others (a fifth of the prefill's GEMMs at 4 layers). Returns ``[n, d]``."""
+        attn, n = layer.self_attn, h.shape[0]
+        x = self.input_norms[idx](h)
+        keys, values = self._repeat_kv(*self._prefill_keys_values(idx, attn, x, cos, sin, rows))
+        q = self._step_linear(attn.q_proj)(x[:, -1]).reshape(n, self.num_heads, 1, self.head_dim)
+        q = _apply_rope(q, cos[:, :, -1:], sin[:, :, -1:])
+        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask[:, :, -1:],
+                                                               scale=self.scale)
+        h = h[:, -1] + self._step_linear(attn.o_proj)(out.reshape(n, self.num_heads * self.head_dim))
+        x = self.post_norms[idx](h)
+        gate, up, down, act = _gated_mlp(layer.mlp) or (None,) * 4
+        if gate is None:
+            return h + layer.mlp(x)
+        g, u = self._step_linear(gate)(x), self._step_linear(up)(x)
+        a = self.native[0].silu_mul(g, u, torch.empty_like(g)) if self.native else act(g) * u
+        return h + self._step_linear(down)(a)
 
     def _prefill_forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                          attn_mask: torch.Tensor, rows: slice) -> torch.Tensor:
         """Run the decoder on the prompts ``input_ids [n, P]`` of batch rows ``rows``, filling their cache
-        slots [0, P); returns the last position's final hidden state ``[n, 1, d]``. The last layer computes
-        keys and values everywhere but its queries, output projection and MLP at the last position only
-        (a fifth of the prefill's GEMMs at 4 layers)."""
+        slots [0, P); returns the last position's final hidden state ``[n, d]``."""
         dec = self.decoder
         h = dec.embed_tokens(input_ids)
         cos, sin = self._rope(h, position_ids)  # [n, 1, P, D], once for all layers
         last = len(dec.layers) - 1
-        for idx, layer in enumerate(dec.layers):
-            out = self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows,
-                                          last_only=idx == last)
-            h = (h[:, -1:] if idx == last else h) + out
+        for idx, layer in enumerate(dec.layers[:last]):
+            h = h + self._prefill_attention(idx, layer, self.input_norms[idx](h), cos, sin, attn_mask, rows)
             x = self.post_norms[idx](h)
             if self.native:  # the gated MLP's activation in one kernel (silu and mul on 5 MB tensors at B64)
                 mlp, gate = layer.mlp, layer.mlp.gate_proj(x)
                 h = h + mlp.down_proj(self.native[0].silu_mul(gate, mlp.up_proj(x), torch.empty_like(gate)))
             else:
                 h = h + layer.mlp(x)
-        return self.final_norm(h)
+        return self.final_norm(self._prefill_last_layer(last, dec.layers[last], h, cos, sin, attn_mask, rows))
 
     PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill chunk (whole prompts; GEMMs of 512 rows stay efficient)
 
@@ -409,7 +436,7 @@ class LlamaStaticCacheBackend:
                                              attn_mask[r:r + chunk, None], slice(r, r + chunk))
                        for r in range(0, n, chunk)])
         self.length = p
-        return self.model.lm_head(h)[:, -1]
+        return self._step_linear(self.model.lm_head)(h).contiguous()
 
     def step(self, tokens: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
         """Append one token per row ``[N]``; returns the next logits ``[N, V]`` (with ``contiguous=False``, as
