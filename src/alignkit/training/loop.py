@@ -1,21 +1,34 @@
-"""The offline training loop, owned by us on top of ``accelerate.Accelerator``.
+"""The one loop skeleton of every trainer, offline and online, owned by us on top of ``accelerate``.
 
-One optimiser step, read top to bottom (``Trainer.train``):
+``TrainingLoop.train`` holds what every trainer shares, read top to bottom:
 
-    indices  = batcher.next_batch()                      the global batch: batch_size examples
-    units    = trainer.count_units(global batch)          e.g. label tokens (SFT) or pairs (DPO/RM)
-    for each of this process's grad_accum micro-batches:
-        loss = trainer.compute_loss(model, micro, units)  sum over its units / global units
-        backward(loss * world_size)                       (DDP averages gradients over processes)
-    clip grad norm -> optimizer.step -> scheduler.step -> log / evaluate / checkpoint
+    seed (seed + rank) -> resume from a checkpoint -> save config.json
+    while step < total_steps:
+        metrics = training_step()          the method's work for one step (below)
+        non-finite loss / gradient / reward: stop (nothing is saved for that step), or skip and count it
+        log -> (evaluate) -> checkpoint -> progress
+    final model -> report.html
 
-Because every micro-loss is divided by the *global* unit count, the gradient equals that of the whole
-batch exactly, however it is split over accumulation steps and processes (tests check both). Every rank
-knows the global batch (same seed), so the count needs no communication.
+``training_step`` is the only part a method family supplies:
 
-Subclasses implement ``count_units``, ``collate``, ``compute_loss`` and optionally ``evaluate_batch``;
-metrics returned by ``compute_loss`` are additive contributions (their sum over micro-batches and processes
-is the step's value), which keeps logging exact under any split.
+* offline (:class:`Trainer`: SFT, reward model, DPO) -- one optimiser step on the global batch:
+
+      indices  = batcher.next_batch()                      the global batch: batch_size examples
+      units    = trainer.count_units(global batch)          e.g. label tokens (SFT) or pairs (DPO/RM)
+      for each of this process's grad_accum micro-batches:
+          loss = trainer.compute_loss(model, micro, units)  sum over its units / global units
+          backward(loss * world_size)                       (DDP averages gradients over processes)
+      clip grad norm -> optimizer.step -> scheduler.step
+
+  Because every micro-loss is divided by the *global* unit count, the gradient equals that of the whole
+  batch exactly, however it is split over accumulation steps and processes (tests check both). Every rank
+  knows the global batch (same seed), so the count needs no communication. Metrics returned by
+  ``compute_loss`` are additive contributions (their sum over micro-batches and processes is the step's
+  value), which keeps logging exact under any split.
+* online (``alignkit.trainers.OnlineTrainer``: REINFORCE, PPO, TRPO) -- rollout -> advantages -> update.
+
+Model preparation (LoRA, gradient checkpointing), bf16 autocast and the clip-and-step of an optimiser live
+here too, once, for both families.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import torch
 
 from .batching import EpochBatcher
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -46,7 +59,224 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer(ABC):
+def prepare_trainable(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
+    """Apply the config's LoRA (peft adapters; the base weights frozen) and gradient-checkpointing switches.
+
+    Returns the model to train (a ``peft.PeftModel`` with ``lora``). Gradient checkpointing is enabled on the
+    model or, for a wrapper such as ``RewardModel``, on its ``.model``; a module that has neither is an error.
+    """
+    if config.lora:
+        from ..models.lora import apply_lora
+
+        model = apply_lora(model, r=config.lora_r, alpha=config.lora_alpha)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing (works under DDP and with frozen inputs, e.g. LoRA)."""
+    target = model
+    if not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "model"):
+        target = target.model
+    if not hasattr(target, "gradient_checkpointing_enable"):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(target, "enable_input_require_grads") and not any(
+            p.requires_grad for p in target.get_input_embeddings().parameters()):
+        target.enable_input_require_grads()  # frozen embeddings (LoRA): checkpointed blocks still need grad
+
+
+def autocast_context(config: RunConfig, device: torch.device):
+    """bf16 autocast for forward passes when ``mixed_precision="bf16"`` (weights and optimiser stay fp32)."""
+    enabled = config.mixed_precision == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class TrainingLoop(ABC):
+    """The skeleton shared by every trainer (see the module docstring).
+
+    Subclasses set ``self.batcher`` (an :class:`EpochBatcher`: its position is checkpointed) and implement
+    :meth:`training_step`, :meth:`checkpoint_model` and :meth:`save_final`.
+
+    Args:
+        config: a :class:`RunConfig` subclass with ``validate(world_size)``.
+        total_steps: how many times :meth:`training_step` runs.
+        tokenizer: saved with the final model when given.
+    """
+
+    name = "trainer"
+    skippable_errors: tuple[type[BaseException], ...] = (NonFiniteLossError,)
+
+    def __init__(self, config: RunConfig, total_steps: int, tokenizer=None):
+        from accelerate import Accelerator
+
+        # Mixed precision is our own autocast (``autocast``), not Accelerate's: its process-wide state would
+        # forbid an fp32 trainer and a bf16 one in the same process (SFT then a reward model, say).
+        self.accelerator = Accelerator()
+        self.world_size = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        config.validate(self.world_size)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.total_steps = total_steps
+        self.run_dir = Path(config.output_dir)
+        self.step = 0
+        self.skipped_updates = 0
+        self.history: list[dict] = []
+        self.report_summary: dict = {}  # extra key -> value rows for the top of report.html
+        self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
+                                    tensorboard=config.tensorboard, progress_total=total_steps,
+                                    progress=config.progress)
+
+    # ----------------------------------------------------------------------------------- hooks
+    @abstractmethod
+    def training_step(self) -> dict[str, float]:
+        """One step's work (the same on every process); returns its metrics (equal on every process)."""
+
+    @abstractmethod
+    def checkpoint_model(self) -> tuple[torch.nn.Module, object, object, dict]:
+        """``(model, optimizer, scheduler, extras)`` to checkpoint: the *unwrapped* trained module, and
+        ``extras = {name: (module, optimizer or None)}`` saved beside it (e.g. PPO's critic)."""
+
+    @abstractmethod
+    def save_final(self, path: Path) -> None:
+        """Save the final model(s) so that transformers' (or peft's) from_pretrained loads them."""
+
+    def trainer_state(self) -> dict:
+        """Extra state a subclass needs to resume exactly (JSON-serialisable)."""
+        return {}
+
+    def load_trainer_state(self, state: dict) -> None:
+        return None
+
+    def on_train_start(self) -> None:
+        """Called once before the first step (after a resume)."""
+
+    def on_step_end(self) -> None:
+        """Called after each step is logged (e.g. periodic evaluation)."""
+
+    def on_train_end(self) -> None:
+        """Called after the last step, before the final save (e.g. a last evaluation)."""
+
+    def on_skipped_step(self) -> None:
+        """Drop whatever a failed step left behind (default: every optimiser's gradients)."""
+        for optimizer in self.optimizers():
+            optimizer.zero_grad(set_to_none=True)
+
+    def optimizers(self) -> list:
+        model, optimizer, _, extras = self.checkpoint_model()
+        return [optimizer] + [opt for _, opt in extras.values() if opt is not None]
+
+    def write_report(self) -> None:
+        """``report.html`` with plots (main process; see training/report.py)."""
+        from .report import write_report
+
+        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}",
+                     summary=self.report_summary)
+
+    # ----------------------------------------------------------------------------------- shared pieces
+    def autocast(self):
+        """bf16 autocast for forward passes when ``mixed_precision="bf16"`` (weights and optimiser stay fp32)."""
+        return autocast_context(self.config, self.accelerator.device)
+
+    def clip_and_step(self, model: torch.nn.Module, optimizer, scheduler=None) -> float:
+        """Clip the (already all-reduced) gradient norm, step, zero. Returns the pre-clip norm (global).
+
+        A non-finite norm raises :class:`NonFiniteLossError` before the step, on every process alike (the
+        norm is computed from the synchronised gradients).
+        """
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        norm = self.accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], limit)
+        norm = torch.as_tensor(norm)
+        if not torch.isfinite(norm):
+            raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(norm)}")
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def reduce_sum(self, totals: dict[str, float]) -> dict[str, float]:
+        """Sum each metric over processes (float64)."""
+        if self.world_size == 1 or not totals:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum")
+        return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+    # ----------------------------------------------------------------------------------- the loop
+    def train(self, stop_after: int | None = None) -> list[dict]:
+        """Run to ``total_steps`` (continuing from a checkpoint if ``resume_from`` is set).
+
+        ``stop_after``: return after this global step, as an interrupted run would (no final model is
+        saved then); the learning-rate schedule still spans ``total_steps``.
+        """
+        cfg = self.config
+        seed_everything(cfg.seed + self.rank)
+        resume = resolve_resume(cfg.resume_from, self.run_dir)
+        if resume is not None:
+            model, optimizer, scheduler, extras = self.checkpoint_model()
+            state = load_checkpoint(resume, model, optimizer, scheduler, extras=extras)
+            self.step = int(state["step"])
+            self.batcher.load_state_dict(state["data"])
+            self.skipped_updates = int(state.get("skipped_updates", 0))
+            self.load_trainer_state(state.get("trainer", {}))
+            self.logger.advance(self.step)
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
+        self.on_train_start()
+        while self.step < self.total_steps:
+            try:
+                metrics = self.training_step()
+            except self.skippable_errors:
+                if cfg.on_nonfinite == "raise":
+                    raise
+                self.on_skipped_step()  # the batch is consumed and counted, no update is made
+                self.skipped_updates += 1
+                self.step += 1
+                self.logger.log(self.step, {"skipped_updates": float(self.skipped_updates)})
+                self.logger.advance()
+                continue
+            self.step += 1
+            metrics["skipped_updates"] = float(self.skipped_updates)
+            self.history.append({"step": self.step, **metrics})
+            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                self.logger.log(self.step, metrics)
+                self.on_logged_step()
+            self.on_step_end()
+            if cfg.save_steps and self.step % cfg.save_steps == 0:
+                self._save_checkpoint()
+            self.logger.advance()
+            if stop_after is not None and self.step >= stop_after:
+                self.logger.close()
+                return self.history
+        self.on_train_end()
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.save_final(self.run_dir / "final")
+        self.logger.close()
+        if self.accelerator.is_main_process:
+            self.write_report()
+        return self.history
+
+    def on_logged_step(self) -> None:
+        """Called on logged steps, after the metrics are written (e.g. the step's sample completions)."""
+
+    def _save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model, optimizer, scheduler, extras = self.checkpoint_model()
+            save_checkpoint(self.run_dir, self.step, model, optimizer, scheduler,
+                            {"data": self.batcher.state_dict(), "skipped_updates": self.skipped_updates,
+                             "trainer": self.trainer_state()},
+                            keep=self.config.save_total_limit, extras=extras)
+        self.accelerator.wait_for_everyone()
+
+
+class Trainer(TrainingLoop):
     """Base class of the offline trainers (SFT, reward model, DPO).
 
     Args:
@@ -57,36 +287,19 @@ class Trainer(ABC):
         tokenizer: saved with the final model when given.
     """
 
-    name = "trainer"
-
     def __init__(self, config: TrainConfig, model: torch.nn.Module, train_examples: list[dict],
                  eval_examples: list[dict] | None = None, tokenizer=None):
-        from accelerate import Accelerator
-
-        # Mixed precision is our own autocast (see ``autocast``), not Accelerate's: its process-wide state
-        # would forbid an fp32 trainer and a bf16 one in the same process (SFT then a reward model, say).
-        self.accelerator = Accelerator()
-        self.world_size = self.accelerator.num_processes
-        self.rank = self.accelerator.process_index
-        config.validate(self.world_size)
-        self.config = config
-        self.tokenizer = tokenizer
+        batcher = EpochBatcher(len(train_examples), config.batch_size, config.seed)
+        total = config.max_steps or max(1, int(config.num_epochs * batcher.batches_per_epoch))
+        super().__init__(config, total, tokenizer)
+        self.batcher = batcher
         self.train_examples = train_examples
         self.eval_examples = eval_examples or []
-        self.run_dir = Path(config.output_dir)
-        self.batcher = EpochBatcher(len(train_examples), config.batch_size, config.seed)
-        self.total_steps = config.max_steps or max(1, int(config.num_epochs * self.batcher.batches_per_epoch))
-        model = self._prepare_model(model)
+        model = prepare_trainable(model, config)
         self.optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
                                          (config.adam_beta1, config.adam_beta2), config.adam_eps)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-        self.step = 0
-        self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
-                                    tensorboard=config.tensorboard, progress_total=self.total_steps,
-                                    progress=config.progress)
-        self.history: list[dict] = []
-        self.report_summary: dict = {}  # extra key -> value rows for the top of report.html
 
     # ----------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -100,13 +313,6 @@ class Trainer(ABC):
     @abstractmethod
     def compute_loss(self, model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
         """(sum of this micro-batch's unit losses / normalizer, additive metric contributions)."""
-
-    def trainer_state(self) -> dict:
-        """Extra state a subclass needs to resume exactly (JSON-serialisable)."""
-        return {}
-
-    def load_trainer_state(self, state: dict) -> None:
-        return None
 
     def sample_examples(self) -> list[dict]:
         """The first ``num_samples`` held-out (else training) examples, for the report's samples."""
@@ -154,26 +360,6 @@ class Trainer(ABC):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
 
-    def autocast(self):
-        """bf16 autocast for forward passes when ``mixed_precision="bf16"`` (weights and optimiser stay fp32)."""
-        enabled = self.config.mixed_precision == "bf16"
-        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    # ----------------------------------------------------------------------------------- setup
-    def _prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.config.lora:
-            from ..models.lora import apply_lora
-
-            model = apply_lora(model, r=self.config.lora_r, alpha=self.config.lora_alpha)
-        if self.config.gradient_checkpointing:
-            target = model
-            if not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "model"):
-                target = target.model
-            if not hasattr(target, "gradient_checkpointing_enable"):
-                raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-            target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
-
     # ----------------------------------------------------------------------------------- loop
     def _micro_batches(self, indices: list[int]) -> list[list[int]]:
         """This process's share of the global batch, cut into grad_accum_steps micro-batches."""
@@ -182,8 +368,9 @@ class Trainer(ABC):
         size = per_rank // self.config.grad_accum_steps
         return [mine[i : i + size] for i in range(0, per_rank, size)]
 
-    def train_step(self, indices: list[int]) -> dict[str, float]:
-        """One optimiser step on the global batch ``indices``; returns its metrics."""
+    def training_step(self) -> dict[str, float]:
+        """One optimiser step on the next global batch; returns its metrics."""
+        indices = self.batcher.next_batch()
         normalizer = float(self.count_units([self.train_examples[i] for i in indices]))
         if normalizer <= 0:
             raise ValueError(f"step {self.step + 1}: the batch has no loss units (e.g. every label masked)")
@@ -196,33 +383,36 @@ class Trainer(ABC):
             with sync:
                 with self.autocast():
                     loss, metrics = self.compute_loss(self.model, batch, normalizer)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss) and self.world_size == 1:  # several processes: the norm tells all
                     raise NonFiniteLossError(f"step {self.step + 1}: loss is {loss.item()} (micro-batch {j})")
                 self.accelerator.backward(loss * self.world_size)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        grad_norm = None
-        if self.config.max_grad_norm > 0:
-            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-            if not torch.isfinite(torch.as_tensor(grad_norm)):
-                raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(grad_norm)}")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        totals = self._reduce(totals)
+        grad_norm = self.clip_and_step(self.model, self.optimizer, self.scheduler)
+        totals = self.reduce_sum(totals)
         totals["lr"] = self.scheduler.get_last_lr()[0]
-        if grad_norm is not None:
-            totals["grad_norm"] = float(grad_norm)
+        if self.config.max_grad_norm > 0:
+            totals["grad_norm"] = grad_norm
         totals["epoch"] = self.batcher.epoch + self.batcher.position / max(1, self.batcher.batches_per_epoch)
         return totals
 
-    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1 or not totals:
-            return totals
-        keys = sorted(totals)
-        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
-        t = self.accelerator.reduce(t, reduction="sum")
-        return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+    def checkpoint_model(self):
+        return self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, {}
+
+    def on_train_start(self) -> None:
+        if self.step == 0:  # what the data preparation dropped or cut, so that nothing is lost silently
+            self.logger.log(0, {"data/examples": len(self.train_examples),
+                                "data/skipped_rows": getattr(self.train_examples, "skipped", 0),
+                                "data/truncated": getattr(self.train_examples, "truncated", 0)})
+
+    def on_step_end(self) -> None:
+        if self.config.eval_steps and self.step % self.config.eval_steps == 0:
+            self.logger.log(self.step, self.evaluate())
+
+    def on_train_end(self) -> None:
+        cfg = self.config
+        if self.eval_examples and not (cfg.eval_steps and self.step % cfg.eval_steps == 0):
+            self.logger.log(self.step, self.evaluate())
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -242,58 +432,3 @@ class Trainer(ABC):
                 totals[k] = totals.get(k, 0.0) + float(v)
         model.train()
         return {f"eval/{k}": v for k, v in totals.items()}
-
-    def train(self, stop_after: int | None = None) -> list[dict]:
-        """Run to ``total_steps`` (continuing from a checkpoint if ``resume_from`` is set).
-
-        ``stop_after``: return after this global step, as an interrupted run would (no final model is
-        saved then); the learning-rate schedule still spans ``total_steps``.
-        """
-        cfg = self.config
-        seed_everything(cfg.seed + self.rank)
-        resume = resolve_resume(cfg.resume_from, self.run_dir)
-        if resume is not None:
-            state = load_checkpoint(resume, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
-            self.step = int(state["step"])
-            self.batcher.load_state_dict(state["data"])
-            self.load_trainer_state(state.get("trainer", {}))
-            self.logger.advance(self.step)
-        if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
-        if self.step == 0:  # what the data preparation dropped or cut, so that nothing is lost silently
-            self.logger.log(0, {"data/examples": len(self.train_examples),
-                                "data/skipped_rows": getattr(self.train_examples, "skipped", 0),
-                                "data/truncated": getattr(self.train_examples, "truncated", 0)})
-        while self.step < self.total_steps:
-            metrics = self.train_step(self.batcher.next_batch())
-            self.step += 1
-            self.history.append({"step": self.step, **metrics})
-            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                self.logger.log(self.step, metrics)
-            if cfg.eval_steps and self.step % cfg.eval_steps == 0:
-                self.logger.log(self.step, self.evaluate())
-            if cfg.save_steps and self.step % cfg.save_steps == 0:
-                self._save_checkpoint()
-            self.logger.advance()
-            if stop_after is not None and self.step >= stop_after:
-                self.logger.close()
-                return self.history
-        if self.eval_examples and not (cfg.eval_steps and self.step % cfg.eval_steps == 0):
-            self.logger.log(self.step, self.evaluate())
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.save_final(self.run_dir / "final")
-        self.logger.close()
-        if self.accelerator.is_main_process:
-            self.write_report()
-        return self.history
-
-    def _save_checkpoint(self) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.model), self.optimizer,
-                            self.scheduler, {"data": self.batcher.state_dict(), "trainer": self.trainer_state()},
-                            keep=self.config.save_total_limit)
-        self.accelerator.wait_for_everyone()
-
