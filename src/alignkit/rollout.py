@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -50,7 +51,10 @@ class Rollout:
         raw_scores: ``[N]`` what the reward function returned.
         finished: ``[N]`` bool, the response ended with EOS.
         group_ids: ``[N]`` index of the prompt each response answers.
+        kl: ``[N, R]`` or None, the per-token KL to the reference by the trainer's estimator, computed once
+            per rollout (:meth:`set_kl`) and read by every stage that needs it (0 at padding).
     Lists: prompts (N strings, repeated per sample), completions (N decoded responses).
+    temperature: the temperature the responses were sampled at (and every log-prob is computed at).
     """
 
     prompt_ids: torch.Tensor
@@ -67,6 +71,8 @@ class Rollout:
     completions: list[str]
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    temperature: float = 1.0
     stats: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -77,6 +83,67 @@ class Rollout:
         (``stats["sampler_logprob_max_abs_diff"]``)."""
         self.logprobs = logprobs * self.response_mask
         self.stats["sampler_logprob_max_abs_diff"] = float((self.logprobs - self.sampler_logprobs).abs().max())
+
+    def set_kl(self, estimator: str) -> None:
+        """Compute the per-token KL(pi || pi_ref) of the sampled tokens once, by ``estimator`` (k1/k2/k3 of
+        :func:`~alignkit.core.kl.kl_estimate`), into ``kl`` ``[N, R]`` (0 at padding); needs both log-probs."""
+        from .core.kl import kl_estimate
+
+        if self.ref_logprobs is None or self.logprobs is None:
+            raise ValueError("set_kl needs the policy's and the reference's log-probs")
+        self.kl = kl_estimate(self.logprobs, self.ref_logprobs, estimator) * self.response_mask
+
+    def to(self, device) -> Rollout:
+        """A copy with every tensor on ``device``."""
+        return Rollout(**{f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                          for f in fields(self) for v in [getattr(self, f.name)]})
+
+    @staticmethod
+    def concat(parts: list[Rollout], pad_token_id: int) -> Rollout:
+        """One rollout from several (e.g. every process's share, in rank order): prompts left-padded and
+        responses right-padded to the widest part, group ids offset so that they stay distinct, per-stage
+        times the slowest part's, batch statistics recomputed over all rows."""
+        if len(parts) == 1:
+            return parts[0]
+        width_p = max(p.prompt_ids.shape[1] for p in parts)
+        width_r = max(p.response_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor | None, width: int, left: bool, value) -> torch.Tensor | None:
+            if t is None or t.shape[1] == width:
+                return t
+            fill = t.new_full((t.shape[0], width - t.shape[1]), value)
+            return torch.cat([fill, t] if left else [t, fill], 1)
+
+        columns: dict[str, list] = {f.name: [] for f in fields(Rollout)}
+        offset = 0
+        for part in parts:
+            columns["prompt_ids"].append(pad(part.prompt_ids, width_p, True, pad_token_id))
+            columns["prompt_mask"].append(pad(part.prompt_mask, width_p, True, 0))
+            columns["response_ids"].append(pad(part.response_ids, width_r, False, pad_token_id))
+            for name in ("response_mask", "logprobs", "sampler_logprobs", "ref_logprobs", "values", "kl"):
+                columns[name].append(pad(getattr(part, name), width_r, False, 0))
+            for name in ("scores", "raw_scores", "finished", "prompts", "completions"):
+                columns[name].append(getattr(part, name))
+            columns["group_ids"].append(part.group_ids + offset)
+            offset += int(part.group_ids.max()) + 1
+        out = {}
+        for name, values in columns.items():
+            if name in ("prompts", "completions"):
+                out[name] = [x for v in values for x in v]
+            elif name in ("temperature", "stats"):
+                continue
+            else:
+                out[name] = None if any(v is None for v in values) else torch.cat(values, 0)
+        stats: dict[str, float] = {}
+        for part in parts:
+            for key, value in part.stats.items():
+                if key.startswith("time/") or key.endswith("max_abs_diff"):
+                    stats[key] = max(stats.get(key, value), value)
+                elif key == "prompts_truncated":
+                    stats[key] = stats.get(key, 0.0) + value
+        merged = Rollout(**out, temperature=parts[0].temperature, stats=stats)
+        merged.stats.update(batch_stats(merged.response_mask, merged.finished, merged.scores, merged.raw_scores))
+        return merged
 
     def sequences(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows ``index`` as model input: (ids, mask, position ids), each ``[b, P + R]``."""
@@ -257,6 +324,7 @@ def collect_rollout(
     prompt_truncation: str = "error",
     forward_batch_size: int | None = None,
     policy_logprobs: bool = True,
+    autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> Rollout:
     """Sample ``sampling.n`` responses per prompt, score them, and compute log-probs (and values).
 
@@ -278,6 +346,8 @@ def collect_rollout(
         policy_logprobs: False leaves ``logprobs`` to the caller (``None`` here): a trainer whose update is
             one on-policy step fills them from the update's own forward pass (see
             ``OnlineTrainer.fuses_policy_forward``).
+        autocast: a context-manager factory around the log-prob and value forwards (e.g. bf16 autocast);
+            generation runs outside it, in the engine's own precision.
     Returns:
         a :class:`Rollout` with ``stats`` holding per-stage seconds and batch statistics.
     """
@@ -308,34 +378,11 @@ def collect_rollout(
     t = _lap(stats, "time/score_s", t)
 
     device = comp.response_ids.device
-    logprobs = None
-    if policy_logprobs:
-        was_training = policy.training
-        policy.train()  # dropout is off in RL models: training mode only matters for layers like batch-norm
-        try:
-            logprobs = response_logprobs(policy, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
-                                         comp.response_mask, sampling.temperature, forward_batch_size)
-        finally:
-            policy.train(was_training)
-    t = _lap(stats, "time/policy_logprobs_s", t)
-    ref_logprobs = None
-    if reference is not None:
-        ref_logprobs = response_logprobs(reference, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
-                                         comp.response_mask, sampling.temperature, forward_batch_size)
-    t = _lap(stats, "time/ref_logprobs_s", t)
-    values = None
-    if critic is not None:
-        values = response_values(critic, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
-                                 comp.response_mask, forward_batch_size)
-    _lap(stats, "time/values_s", t)
-
-    lengths = comp.response_mask.sum(-1).float()
-    stats.update({
-        "response_length_mean": float(lengths.mean()),
-        "eos_rate": float(comp.finished.float().mean()),
-        "score_mean": float(scores.mean()),
-        "raw_score_mean": float(raw_scores.mean()),
-    })
+    forwards = autocast() if autocast is not None else nullcontext()
+    with forwards:
+        logprobs, ref_logprobs, values = _rollout_forwards(
+            comp, policy, reference, critic, sampling.temperature, forward_batch_size, policy_logprobs, stats, t)
+    stats.update(batch_stats(comp.response_mask, comp.finished, scores, raw_scores))
     rollout = Rollout(
         prompt_ids=comp.prompt_ids,
         prompt_mask=comp.prompt_mask,
@@ -351,11 +398,49 @@ def collect_rollout(
         completions=completions,
         ref_logprobs=ref_logprobs,
         values=values,
+        temperature=sampling.temperature,
         stats=stats,
     )
     if logprobs is not None:
         rollout.set_policy_logprobs(logprobs)
     return rollout
+
+
+def _rollout_forwards(comp: Completions, policy, reference, critic, temperature: float, batch_size: int | None,
+                      policy_logprobs: bool, stats: dict[str, float], t: float):
+    """The policy / reference log-prob and value forwards of :func:`collect_rollout` (each stage timed)."""
+    logprobs = None
+    if policy_logprobs:
+        was_training = policy.training
+        policy.train()  # dropout is off in RL models: training mode only matters for layers like batch-norm
+        try:
+            logprobs = response_logprobs(policy, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                         comp.response_mask, temperature, batch_size)
+        finally:
+            policy.train(was_training)
+    t = _lap(stats, "time/policy_logprobs_s", t)
+    ref_logprobs = None
+    if reference is not None:
+        ref_logprobs = response_logprobs(reference, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                         comp.response_mask, temperature, batch_size)
+    t = _lap(stats, "time/ref_logprobs_s", t)
+    values = None
+    if critic is not None:
+        values = response_values(critic, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
+                                 comp.response_mask, batch_size)
+    _lap(stats, "time/values_s", t)
+    return logprobs, ref_logprobs, values
+
+
+def batch_stats(response_mask: torch.Tensor, finished: torch.Tensor, scores: torch.Tensor,
+                raw_scores: torch.Tensor) -> dict[str, float]:
+    """Mean response length, EOS rate and mean (raw) score of a batch of N responses."""
+    return {
+        "response_length_mean": float(response_mask.sum(-1).float().mean()),
+        "eos_rate": float(finished.float().mean()),
+        "score_mean": float(scores.mean()),
+        "raw_score_mean": float(raw_scores.mean()),
+    }
 
 
 def _lap(stats: dict[str, float], key: str, since: float) -> float:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from alignkit.models import make_reference
 from alignkit.rewards import InvalidRewardError, contains
 from alignkit.trainers.online import OnlineConfig
 from alignkit.trainers.ppo import PPOConfig, PPOTrainer
@@ -76,8 +77,10 @@ def test_ppo_with_a_shared_trunk_learns_and_checkpoints_its_value_head(tok, prom
 def test_large_beta_keeps_kl_small(tok, prompts, tmp_path, trainer):
     cls, cfg_cls = (ReinforceTrainer, ReinforceConfig) if trainer == "rloo" else (PPOTrainer, PPOConfig)
     extra = {"update_epochs": 2} if trainer == "ppo" else {}
-    free = cls(_cfg(cfg_cls, tmp_path / "free", kl_penalty="reward", kl_coef=0.0, **extra), tasks.model(tok), tok,
-               prompts, contains("good")).train()
+    # kl_coef 0 builds no reference: pass one to measure how far the free run drifts
+    free_model = tasks.model(tok)
+    free = cls(_cfg(cfg_cls, tmp_path / "free", kl_penalty="reward", kl_coef=0.0, **extra), free_model, tok,
+               prompts, contains("good"), reference=make_reference(free_model)).train()
     tied = cls(_cfg(cfg_cls, tmp_path / "tied", kl_penalty="reward", kl_coef=2.0, **extra), tasks.model(tok), tok,
                prompts, contains("good")).train()
     # the reward is worth at most 1; a KL of more than 1/beta = 0.5 nats would cost more than it can earn

@@ -17,6 +17,7 @@ from .kl import (
     AdaptiveKLController,
     FixedKLController,
     kl_estimate,
+    kl_penalised_rewards,
     kl_shaped_rewards,
 )
 from .logprobs import entropy_from_logits, naive_token_logprobs, token_logprobs
@@ -55,6 +56,7 @@ __all__ = [
     "gae_from_transitions",
     "group_normalized_advantages",
     "kl_estimate",
+    "kl_penalised_rewards",
     "kl_shaped_rewards",
     "leave_one_out_baseline",
     "masked_mean",

@@ -24,6 +24,7 @@ __all__ = [
     "KLEstimator",
     "kl_estimate",
     "kl_shaped_rewards",
+    "kl_penalised_rewards",
     "FixedKLController",
     "AdaptiveKLController",
 ]
@@ -85,16 +86,30 @@ def kl_shaped_rewards(
     Returns:
         ``(rewards, non_score_rewards)``, both ``[B, T]``; the second is the KL part alone, 0 at padding.
     """
-    if logprobs.shape != ref_logprobs.shape or logprobs.shape != mask.shape:
+    if logprobs.shape != ref_logprobs.shape:
         raise ValueError("logprobs, ref_logprobs and mask must share one [B, T] shape")
-    if scores.shape != logprobs.shape[:1]:
-        raise ValueError(f"scores must be [B] = [{logprobs.shape[0]}], got {tuple(scores.shape)}")
-    m = mask.to(logprobs.dtype)
+    return kl_penalised_rewards(scores, kl_estimate(logprobs.detach(), ref_logprobs.detach(), kind), mask, beta)
+
+
+def kl_penalised_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kl_shaped_rewards` from a per-token KL estimate already computed (e.g. once per rollout).
+
+    Args:
+        scores: ``[B]``; kl: ``[B, T]`` per-token KL estimates (constants); mask: ``[B, T]``; beta >= 0.
+    Returns:
+        ``(rewards, non_score_rewards)``, both ``[B, T]``: r_t = -beta * KL_t + 1[t = last] * score.
+    """
+    if kl.shape != mask.shape:
+        raise ValueError("logprobs, ref_logprobs and mask must share one [B, T] shape")
+    if scores.shape != kl.shape[:1]:
+        raise ValueError(f"scores must be [B] = [{kl.shape[0]}], got {tuple(scores.shape)}")
+    m = mask.to(kl.dtype)
     lengths = m.sum(-1)
     if (lengths == 0).any():
         raise ValueError(f"response {int((lengths == 0).nonzero()[0])} has no tokens; cannot place its score")
-    kl = kl_estimate(logprobs.detach(), ref_logprobs.detach(), kind)
-    non_score = -beta * kl * m
+    non_score = -beta * kl.detach() * m
     rewards = non_score.clone()
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(m)
     last = torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(-1).values

@@ -182,6 +182,7 @@ def trpo_step(
     max_backtracks: int = 10,
     shrink: float = 0.5,
     accept_ratio: float = 0.0,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One TRPO update of ``params`` (in place).
 
@@ -194,31 +195,41 @@ def trpo_step(
         damping: Fisher damping.
         cg_iters: conjugate-gradient iterations.
         max_backtracks, shrink, accept_ratio: see :func:`backtracking_line_search`.
+        all_reduce: for data-parallel TRPO, a function that sums a tensor over processes. Each process's
+            ``surrogate_fn`` and ``kl_fn`` then return its share of the global sums (its rows' terms divided
+            by the global count); the gradient, every Fisher-vector product and the line search's values
+            are summed, so every process takes the step one process would take on the whole batch.
     Returns:
         metrics: surrogate_before, surrogate_after, kl, step_fraction, accepted (0/1), backtracks,
         expected_improvement, grad_norm, step_norm.
     """
     if max_kl <= 0:
         raise ValueError(f"max_kl must be > 0, got {max_kl}")
+    reduce = all_reduce or (lambda t: t)
     params = [p for p in params if p.requires_grad]
     surrogate = surrogate_fn()
     grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-    g = _flat(grads, params).detach()
-    metrics = {"surrogate_before": float(surrogate.detach()), "grad_norm": float(g.norm())}
+    g = reduce(_flat(grads, params).detach())
+    metrics = {"surrogate_before": float(reduce(surrogate.detach())), "grad_norm": float(g.norm())}
     if not torch.isfinite(g).all():
         raise FloatingPointError("TRPO: the surrogate gradient is not finite")
     if float(g.norm()) == 0.0:
         metrics.update(surrogate_after=metrics["surrogate_before"], kl=0.0, step_fraction=0.0, accepted=0.0,
                        backtracks=0.0, expected_improvement=0.0, step_norm=0.0)
         return metrics
-    fvp = fisher_vector_product(kl_fn(), params, damping)
+    local_fvp = fisher_vector_product(kl_fn(), params, 0.0)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        return reduce(local_fvp(v)) + damping * v
+
     x = conjugate_gradient(fvp, g, max_iters=cg_iters)
     xfx = float(x @ fvp(x))
     step = torch.sqrt(torch.tensor(2.0 * max_kl / max(xfx, 1e-12))) * x
     expected = float(g @ step)
 
     def evaluate() -> tuple[float, float]:
-        return float(surrogate_fn()), float(kl_fn())
+        both = reduce(torch.stack([surrogate_fn().detach(), kl_fn().detach()]).double())
+        return float(both[0]), float(both[1])
 
     result = backtracking_line_search(
         params, step, evaluate, max_kl, metrics["surrogate_before"], expected, max_backtracks, shrink, accept_ratio

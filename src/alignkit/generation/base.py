@@ -13,6 +13,7 @@ import torch
 
 __all__ = [
     "SamplingParams", "Completions", "Generator", "left_pad", "process_logits", "sample_tokens", "sample_from_probs",
+    "row_stream_seed", "sampling_uniforms",
 ]
 
 
@@ -30,6 +31,10 @@ class SamplingParams:
         seed: seeds the sampler's own ``torch.Generator`` (None = draw from torch's global RNG).
         greedy: argmax decoding (temperature, top-k and top-p are then ignored for the choice; the
             returned log-probs are still those of softmax(logits / temperature)).
+        first_prompt_index: the global index of this call's first prompt. With a seed, the noise of row
+            (prompt i, sample j) comes from its own stream keyed by (seed, first_prompt_index + i, j)
+            (:func:`sampling_uniforms`), so a process that samples a share of a batch's prompts draws
+            exactly what one process sampling the whole batch draws for them.
     """
 
     max_new_tokens: int = 64
@@ -40,6 +45,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     greedy: bool = False
+    first_prompt_index: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -56,6 +62,8 @@ class SamplingParams:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.n < 1:
             raise ValueError(f"n (samples per prompt) must be >= 1, got {self.n}")
+        if self.first_prompt_index < 0:
+            raise ValueError(f"first_prompt_index must be >= 0, got {self.first_prompt_index}")
 
 
 @dataclass
@@ -143,15 +151,53 @@ def sample_tokens(scores: torch.Tensor, generator: torch.Generator | None, greed
     return sample_from_probs(torch.softmax(scores, -1), generator)
 
 
-def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+_STREAM_MULTIPLIERS = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def row_stream_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of the noise stream of one sampled row: a fixed mix of (seed, global prompt index, sample
+    index) into 63 bits (splitmix64-style multipliers; distinct keys give unrelated streams)."""
+    a, b, c = _STREAM_MULTIPLIERS
+    x = (seed * a + (prompt_index + 1) * b + (sample_index + 1) * c) % (1 << 64)
+    x ^= x >> 31
+    return (x * a) % (1 << 63)
+
+
+def sampling_uniforms(sampling: SamplingParams, group_ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """The uniforms a generate call draws: ``[N, steps]`` float64 in [0, 1), row r's draw at step t is
+    ``[r, t]``. With a seed each row has its own stream keyed by ``(seed, sampling.first_prompt_index +
+    group_ids[r], r's sample index)``; without one they come from torch's global RNG.
+
+    Args:
+        sampling: the call's parameters (``n`` rows per prompt, prompt-major).
+        group_ids: ``[N]`` local prompt index of each row.
+        steps: at most ``max_new_tokens``.
+    """
+    n_rows = group_ids.shape[0]
+    if sampling.seed is None:
+        return torch.rand((n_rows, steps), dtype=torch.float64)
+    out = torch.empty((n_rows, steps), dtype=torch.float64)
+    gen = torch.Generator()
+    for r, prompt in enumerate(group_ids.tolist()):
+        gen.manual_seed(row_stream_seed(sampling.seed, sampling.first_prompt_index + prompt, r % sampling.n))
+        out[r] = torch.rand(steps, generator=gen, dtype=torch.float64)
+    return out
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None,
+                      uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-CDF sampling, one uniform per row: token = min{i : F_i > u}, u ~ U(0, F_V). ``[N, V] -> [N]``.
 
     P(token = i) = F_i - F_{i-1} = p_i exactly (F in float64, so the rounding of a 128k-term cumulative
     sum stays far below any probability that matters). Tokens with p_i = 0 (masked by top-k/top-p or
     min_new_tokens) occupy empty intervals and are never drawn. One random number per row instead of V:
     torch.multinomial draws V exponentials per row, which dominates a decode step of a small model on CPU.
+    ``uniforms`` (``[N]`` float64 in [0, 1)) gives the row's uniform; else it is drawn from ``generator``.
     """
     cdf = probs.double().cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
+    if uniforms is None:
+        u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
+    else:
+        u = uniforms.to(device=probs.device, dtype=torch.float64).view(-1, 1)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

@@ -21,11 +21,13 @@ Prompts are left-padded; position ids count real tokens only, so padding does no
 
 from __future__ import annotations
 
+import copy
+
 import time
 
 import torch
 
-from .base import Completions, SamplingParams, left_pad, process_logits, sample_from_probs
+from .base import Completions, SamplingParams, left_pad, process_logits, sample_from_probs, sampling_uniforms
 
 __all__ = ["KVCacheGenerator", "LlamaStaticCacheBackend", "HFCacheBackend", "FAST_PATH_MODEL_TYPES"]
 
@@ -499,9 +501,10 @@ class _StepSampler:
     and the same draw, without the log-softmax, exp, cumulative sum and search as separate ops.
     """
 
-    def __init__(self, sampling: SamplingParams, eos: torch.Tensor, rng: torch.Generator | None, backend,
+    def __init__(self, sampling: SamplingParams, eos: torch.Tensor, uniforms: torch.Tensor | None, backend,
                  vocab: int, n: int):
-        self.sampling, self.eos, self.rng = sampling, eos, rng
+        self.sampling, self.eos = sampling, eos
+        self.uniforms = uniforms  # [N, max_new_tokens] float64 (None when greedy): step t draws column t
         self.truncate = sampling.top_k > 0 or sampling.top_p < 1.0
         native = getattr(backend, "native", None)
         self.fused = native[0] if native and not sampling.greedy and not self.truncate else None
@@ -510,10 +513,10 @@ class _StepSampler:
             self.forbid[eos[eos < vocab]] = 1
             self.token, self.logp = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.float32)
 
-    def __call__(self, logits: torch.Tensor, eos_allowed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, logits: torch.Tensor, eos_allowed: bool, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         sampling, eos = self.sampling, self.eos
+        uniforms = None if self.uniforms is None else self.uniforms[:, t].contiguous()
         if self.fused is not None:
-            uniforms = torch.rand(logits.shape[0], generator=self.rng, dtype=torch.float64, device=logits.device)
             self.fused.sample_rows(logits, sampling.temperature, uniforms, None if eos_allowed else self.forbid,
                                    self.token, self.logp)
             return self.token, self.logp
@@ -536,7 +539,7 @@ class _StepSampler:
                 probs = logp_full.exp()
                 if not eos_allowed:  # EOS forbidden: zero it (the sampler renormalises)
                     probs[:, eos] = 0.0
-            token = sample_from_probs(probs, self.rng)
+            token = sample_from_probs(probs, uniforms=uniforms)
         return token, logp_full.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -549,6 +552,10 @@ class KVCacheGenerator:
         pad_token_id: id written after a sequence has ended and used for left padding.
         backend: ``"auto"`` (fast path when the architecture allows), ``"fast"`` or ``"hf"``.
         max_length: refuse prompts longer than this (None = the model's max_position_embeddings, if any).
+        weights_dtype: sample from the engine's *own copy* of the weights in this dtype (e.g. bf16 sampling
+            for a policy trained in fp32); :meth:`update_weights` refreshes the copy after each update.
+        own_weights: keep an own copy even in the model's dtype (for sharded training, FSDP / ZeRO-3, whose
+            parameters are whole only while gathered: call :meth:`update_weights` inside the gather).
     """
 
     def __init__(
@@ -558,6 +565,8 @@ class KVCacheGenerator:
         pad_token_id: int,
         backend: str = "auto",
         max_length: int | None = None,
+        weights_dtype: torch.dtype | None = None,
+        own_weights: bool = False,
     ):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be 'auto', 'fast' or 'hf', got {backend!r}")
@@ -566,7 +575,13 @@ class KVCacheGenerator:
                 f"the fast backend supports model types {FAST_PATH_MODEL_TYPES}; "
                 f"got {getattr(model.config, 'model_type', type(model).__name__)!r}"
             )
-        self.model = model
+        self.source = model
+        dtype = next(model.parameters()).dtype
+        self.owns_weights = own_weights or (weights_dtype is not None and weights_dtype != dtype)
+        if self.owns_weights:
+            self.model = copy.deepcopy(model).to(weights_dtype or dtype).requires_grad_(False).eval()
+        else:
+            self.model = model
         self.eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
         self.pad_token_id = int(pad_token_id)
         self.backend_name = "fast" if backend == "fast" or (
@@ -574,10 +589,30 @@ class KVCacheGenerator:
         self.max_length = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     def update_weights(self, model: torch.nn.Module | None = None) -> None:
-        """Sample from ``model`` from now on (the backends read parameters by reference, so an in-place
-        optimiser step needs no call; pass a model to switch to another object)."""
-        if model is not None:
-            self.model = model
+        """Sample from the current weights of ``model`` (default: the model the engine was built on).
+
+        Without an own copy the backends read parameters by reference, so an in-place optimiser step needs no
+        call, and a ``model`` given here becomes the one sampled from. With an own copy (``weights_dtype`` /
+        ``own_weights``) every parameter and buffer is copied (and cast) into it by name; names may carry
+        FSDP's ``_fsdp_wrapped_module.`` segments."""
+        if not self.owns_weights:
+            if model is not None:
+                self.model = model
+            return
+        source = model if model is not None else self.source
+        wanted = dict(self.model.named_parameters())
+        wanted.update(self.model.named_buffers())
+        found = 0
+        with torch.no_grad():
+            for name, tensor in [*source.named_parameters(), *source.named_buffers()]:
+                name = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+                target = wanted.get(name)
+                if target is not None and target.shape == tensor.shape:
+                    target.copy_(tensor)
+                    found += 1
+        if found < len(dict(self.model.named_parameters())):
+            raise ValueError(f"update_weights: {type(source).__name__} has {found} of the engine's "
+                             f"{len(wanted)} tensors; was it built from another model?")
 
     def _backend(self):
         if self.backend_name == "fast":
@@ -598,9 +633,8 @@ class KVCacheGenerator:
         group_ids = torch.arange(len(prompts), device=device).repeat_interleave(sampling.n)
         ids, mask = ids[group_ids], mask[group_ids]
         n = ids.shape[0]
-        rng = None
-        if sampling.seed is not None:
-            rng = torch.Generator(device=device).manual_seed(sampling.seed)
+        uniforms = None if sampling.greedy else sampling_uniforms(
+            sampling, group_ids.cpu(), sampling.max_new_tokens).to(device)
         eos = self.eos_ids.to(device)
 
         was_training = self.model.training
@@ -616,10 +650,10 @@ class KVCacheGenerator:
             t_prefill = time.perf_counter() - t0
             steps = 0
             any_done = False  # Python-side flag: skip the per-row bookkeeping until some row has ended
-            draw = _StepSampler(sampling, eos, rng, backend, logits.shape[-1], n)
+            draw = _StepSampler(sampling, eos, uniforms, backend, logits.shape[-1], n)
             for t in range(sampling.max_new_tokens):
                 eos_allowed = t >= sampling.min_new_tokens
-                token, logp = draw(logits, eos_allowed)
+                token, logp = draw(logits, eos_allowed, t)
                 if any_done:
                     token = token.masked_fill(done, self.pad_token_id)
                     logp = logp.masked_fill(done, 0.0)

@@ -30,10 +30,11 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     """Logits ``[B, T, V]``, or ``[B, keep_last, V]`` for the last ``keep_last`` positions when it is > 0.
 
     The model computes only those positions when its forward takes ``logits_to_keep`` (for a peft model, its
-    base model's is checked); otherwise the full logits are computed and sliced. The values are the same
+    base model's is checked; for a DDP / FSDP wrapper, its module's); otherwise the full logits are computed and sliced. The values are the same
     either way: the head is applied position by position.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(model, "module", model)  # a DDP / FSDP wrapper: its module's forward is what runs
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     kwargs = {"logits_to_keep": keep_last} if keep_last > 0 and _takes_logits_to_keep(type(base)) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                    **kwargs).logits

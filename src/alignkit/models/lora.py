@@ -15,7 +15,7 @@ import sys
 
 from torch import nn
 
-__all__ = ["apply_lora", "is_peft_model"]
+__all__ = ["apply_lora", "apply_lora_to_trunk", "is_peft_model", "merged_trunk_copy"]
 
 
 def _import_peft():
@@ -70,3 +70,32 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, config)
+
+
+def apply_lora_to_trunk(model: nn.Module, r: int = 8, alpha: float = 16.0) -> nn.Module:
+    """LoRA on the trunk of a scalar-head model (a critic or reward model, :class:`~alignkit.models.heads.
+    ScalarHeadModel`), in place: adapters on every linear layer of the trunk (its weights frozen), the head
+    trained in full. Returns ``model``. :func:`merged_trunk_copy` gives the plain model to save.
+    """
+    if r <= 0:
+        raise ValueError(f"LoRA rank r must be > 0, got {r}")
+    peft = _import_peft()
+    trunk = model.trunk
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", bias="none")
+    # injects the adapters into ``trunk``; kept outside ``_modules`` so the state dict lists the trunk once
+    object.__setattr__(model, "_lora_tuner", peft.LoraModel(trunk, config, "default"))
+    for name, param in trunk.named_parameters():
+        param.requires_grad_("lora_" in name)
+    model.head.requires_grad_(True)
+    return model
+
+
+def merged_trunk_copy(model: nn.Module) -> nn.Module:
+    """A copy of a model given :func:`apply_lora_to_trunk` with the adapters merged into the trunk's weights
+    (plain linear layers again), which ``save_pretrained`` writes in transformers' own format."""
+    import copy
+
+    merged = copy.deepcopy(model)
+    merged._lora_tuner.merge_and_unload()
+    del merged._lora_tuner
+    return merged

@@ -1,29 +1,49 @@
-"""The online RL loop shared by REINFORCE (vanilla / RLOO / GRPO), PPO and TRPO.
+"""The online half of the one loop: REINFORCE (vanilla / RLOO / GRPO), PPO and TRPO.
 
-Objective (seeds 000 and 003): maximise E_{y ~ pi}[ r(x, y) ] - beta * KL(pi || pi_ref). One step:
+Objective (seeds 000 and 003): maximise E_{y ~ pi}[ r(x, y) ] - beta * KL(pi || pi_ref). One step
+(``OnlineTrainer.training_step``, run by :class:`~alignkit.training.loop.TrainingLoop`, which owns seeding,
+resume, logging, the non-finite policy, checkpoints, the final save and the report):
 
-    generate -> score -> reference log-probs -> values      (alignkit.rollout.collect_rollout, timed)
-    advantages                                              (method: compute_advantages)
-    policy update [-> critic update]                        (method: update)
-    KL controller update -> log -> checkpoint
+    generate -> score -> policy / reference log-probs -> values   (alignkit.rollout.collect_rollout, timed)
+    gather the processes' shares into the step's whole rollout     (every process holds all of it)
+    advantages                                                    (method: compute_advantages, timed)
+    update: epochs x minibatches x micro-batches, clip, step      (method: update, timed; one skeleton)
+    refresh the sampler's weights -> KL controller
+
+Distribution (``accelerate launch`` / ``torchrun``; N processes give what one process gives with the same
+global batch):
+  * each process samples and scores ``prompts_per_step / N`` whole prompts (a prompt's group never straddles
+    processes); sampling noise is keyed by (seed, step, global prompt index, sample index), so the sampled
+    tokens do not depend on N;
+  * the shares are gathered (token ids and per-token floats: small beside the model), so every statistic
+    that spans the batch (whitening moments, batch-mean baseline, the KL controller's observed KL, logged
+    metrics) is computed on the whole batch, identically on every process;
+  * each micro-batch of the update is split over the processes; each loss is its rows' sum divided by the
+    *global* micro-batch's normaliser, and DDP's gradient mean is multiplied back by N: the gradient of the
+    whole micro-batch.
 
 Named choices shared by every online trainer (the method files add their own):
   * ``kl_penalty``: "reward" puts -beta * KL_t into the per-token reward (Ziegler et al. 2019), "loss"
     adds beta * KL (estimator ``kl_estimator``) to the loss (GRPO), "none" drops it;
-  * the KL coefficient is fixed or adaptive (``adaptive_kl``; Ziegler et al. 2019 proportional rule);
-  * sampling noise is seeded per step (seed, step), so a resumed run samples what the original would have;
+  * the KL coefficient is fixed or adaptive (``adaptive_kl``; Ziegler et al. 2019 proportional rule); with
+    ``kl_coef = 0`` and no adaptive controller no reference model is built or run (pass ``reference=`` to
+    monitor the KL anyway);
+  * the rollout's per-token KL is computed once (``Rollout.set_kl``) and every stage reads it; the logged
+    ``non_score_reward`` is the KL part of the rewards actually used (0 when the KL is not in the reward);
+  * LoRA (``lora``): the policy trains adapters, pi_ref is the same model with its adapters disabled;
+  * ``mixed_precision="bf16"``: forwards under bf16 autocast (fp32 weights and optimiser), and sampling from
+    a bf16 copy of the policy refreshed after every update (``Generator.update_weights``);
   * a non-finite score or loss stops the run before any checkpoint is written (or, with
-    ``on_nonfinite="skip"``, the step's update is skipped and counted).
+    ``on_nonfinite="skip"``, the step's update is skipped and counted), on every process alike.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from abc import abstractmethod
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,23 +54,23 @@ from ..core.masked import LOSS_AGGREGATION_MODES, masked_mean
 from ..generation import KVCacheGenerator, SamplingParams
 from ..rewards.base import InvalidRewardError
 from ..rollout import Rollout, collect_rollout, response_token_logits
-from ..training import option
 from ..training.batching import EpochBatcher
-from ..training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from ..training.loop import NonFiniteLossError, seed_everything
-from ..training.metrics import MetricsLogger
+from ..training.config import RunConfig, option, with_defaults
+from ..training.loop import NonFiniteLossError, TrainingLoop, prepare_trainable
 from ..training.optim import build_optimizer, build_scheduler
-from ..training.report import append_samples, write_report
+from ..training.report import append_samples
+
+# per-micro-batch metrics that are sums over rows divided by a global normaliser: summed over processes
+ADDITIVE_METRICS = ("policy_loss", "value_loss", "kl_loss")
 
 
 @dataclass
-class OnlineConfig:
-    """Settings shared by the online trainers."""
+@with_defaults(output_dir="runs/alignkit-online", lr_scheduler="constant")
+class OnlineConfig(RunConfig):
+    """Settings shared by the online trainers (the shared training fields come from ``RunConfig``)."""
 
-    output_dir: str = option("runs/alignkit-online", "run directory: metrics, checkpoints, final model")
-    seed: int = option(0, "seed for prompt order and sampling")
     num_steps: int = option(100, "rollout + update iterations")
-    prompts_per_step: int = option(8, "prompts sampled per step")
+    prompts_per_step: int = option(8, "prompts sampled per step, over all processes")
     samples_per_prompt: int = option(4, "completions per prompt (n); leave-one-out and GRPO need >= 2")
     max_new_tokens: int = option(32, "longest completion")
     min_new_tokens: int = option(0, "EOS forbidden before this many tokens")
@@ -60,17 +80,8 @@ class OnlineConfig:
     max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
     prompt_truncation: str = option("error", "longer prompts: error or keep the end", choices=("error", "left"))
     missing_eos_penalty: float = option(float("nan"), "score given to completions without EOS (nan = off)")
-    learning_rate: float = option(1e-5, "policy learning rate")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    adam_beta1: float = option(0.9, "AdamW beta1")
-    adam_beta2: float = option(0.999, "AdamW beta2")
-    adam_eps: float = option(1e-8, "AdamW epsilon")
-    lr_scheduler: str = option("constant", "schedule after warmup", choices=("linear", "cosine", "constant"))
-    warmup_steps: int = option(0, "linear warmup steps")
-    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)")
     update_epochs: int = option(1, "passes over each rollout batch")
     num_minibatches: int = option(1, "optimiser steps per pass over the rollout batch")
-    grad_accum_steps: int = option(1, "micro-batches per optimiser step")
     kl_coef: float = option(0.05, "beta: weight of KL(pi || pi_ref)")
     kl_penalty: str = option("reward", "where the KL goes", choices=("reward", "loss", "none"))
     kl_estimator: str = option("k1", "per-token KL estimator", choices=KL_ESTIMATORS)
@@ -80,27 +91,23 @@ class OnlineConfig:
     loss_agg: str = option("token-mean", "loss aggregation", choices=LOSS_AGGREGATION_MODES)
     entropy_coef: float = option(0.0, "entropy bonus weight")
     forward_batch_size: int = option(0, "micro-batch for log-prob/value forwards in the rollout (0 = all)")
-    on_nonfinite: str = option("raise", "non-finite score/loss: stop, or skip the update and count it",
-                               choices=("raise", "skip"))
-    logging_steps: int = option(1, "log every this many steps")
-    num_samples: int = option(4, "completions of each logged step written to samples.jsonl (and report.html)")
-    save_steps: int = option(0, "checkpoint every this many steps (0 = final model only)")
-    save_total_limit: int = option(2, "checkpoints kept")
-    resume_from: str = option("", "checkpoint directory or 'latest'")
-    tensorboard: bool = option(True, "TensorBoard events too")
-    progress: bool = option(True, "progress bar")
 
     @property
     def rollout_size(self) -> int:
         return self.prompts_per_step * self.samples_per_prompt
 
-    def validate(self) -> None:
+    @property
+    def uses_reference(self) -> bool:
+        """Whether pi_ref is needed at all: a KL penalty that can be non-zero."""
+        return self.kl_penalty != "none" and (self.kl_coef > 0 or self.adaptive_kl)
+
+    def validate(self, world_size: int = 1) -> None:
+        """Fail at config time, naming the setting (and the numbers), before anything is written."""
+        self.validate_run()
         for name in ("num_steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "update_epochs",
-                     "num_minibatches", "grad_accum_steps", "logging_steps", "save_total_limit"):
+                     "num_minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
         per_update = self.num_minibatches * self.grad_accum_steps
         if per_update > self.rollout_size:
             raise ValueError(
@@ -110,17 +117,28 @@ class OnlineConfig:
         if self.rollout_size % per_update:
             raise ValueError(f"the rollout batch ({self.rollout_size}) must divide into num_minibatches x "
                              f"grad_accum_steps = {per_update} equal micro-batches")
+        if self.prompts_per_step % world_size:
+            raise ValueError(
+                f"prompts_per_step={self.prompts_per_step} must be divisible by the number of processes "
+                f"({world_size}): each process samples and scores whole prompt groups, so a group never "
+                "straddles processes")
+        micro = self.rollout_size // per_update
+        if micro % world_size:
+            raise ValueError(
+                f"each micro-batch holds {micro} sequences (rollout {self.rollout_size} / (num_minibatches "
+                f"{self.num_minibatches} x grad_accum_steps {self.grad_accum_steps})), which does not split over "
+                f"{world_size} processes: a process's share would be uneven or empty")
         if self.kl_coef < 0 or not math.isfinite(self.kl_coef):
             raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
-        choices = {f.name: f.metadata.get("choices") for f in fields(self) if f.metadata.get("choices")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
-        SamplingParams(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                       temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, n=self.samples_per_prompt)
+        if self.forward_batch_size < 0 or self.max_prompt_length < 0:
+            raise ValueError("forward_batch_size and max_prompt_length must be >= 0 (0 = no limit)")
+        self.sampling_params()
 
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def sampling_params(self, seed: int | None = None, first_prompt_index: int = 0) -> SamplingParams:
+        """These settings as :class:`SamplingParams` (which validates them)."""
+        return SamplingParams(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                              temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              n=self.samples_per_prompt, seed=seed, first_prompt_index=first_prompt_index)
 
 
 def response_logits(policy, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
@@ -138,35 +156,31 @@ def policy_forward(policy, rollout: Rollout, index: torch.Tensor, temperature: f
     return logp, entropy
 
 
-class OnlineTrainer(ABC):
-    """Base of the online trainers. Subclasses implement ``compute_advantages`` and ``update``.
+class OnlineTrainer(TrainingLoop):
+    """Base of the online trainers. Subclasses implement ``compute_advantages`` and ``micro_loss`` (or
+    override ``update``).
 
     Args:
         config: an :class:`OnlineConfig` (or subclass).
         policy: the causal LM to train (dropout must be off: ``alignkit.models.load_causal_lm`` does that).
+            With ``lora`` it is wrapped in adapters here.
         tokenizer: its tokenizer (pad and EOS ids are read from it).
         prompts: training prompts (strings).
         reward_fn: ``(prompts, completions, **columns) -> list[float]`` (alignkit.rewards).
         columns: per-prompt extra columns for the reward function (e.g. GSM8K answers).
-        reference: reference policy; default a frozen copy (or the adapter-disabled LoRA base).
-        generator: a ``Generator``; default the KV-cache engine on the policy.
+        reference: reference policy; default a frozen copy (or the adapter-disabled LoRA base), none when the
+            KL penalty is off (``OnlineConfig.uses_reference``).
+        generator: a ``Generator``; default the KV-cache engine on the policy (on a bf16 copy with bf16).
     """
 
     name = "online"
+    skippable_errors = (NonFiniteLossError, InvalidRewardError)
 
     def __init__(self, config: OnlineConfig, policy: torch.nn.Module, tokenizer, prompts: list[str], reward_fn,
                  columns: dict[str, list] | None = None, reference=None, generator=None):
-        from accelerate import Accelerator
-
         from ..models.reference import make_reference
 
-        config.validate()
-        self.accelerator = Accelerator()
-        if self.accelerator.num_processes > 1:
-            raise ValueError("the online trainers run in one process for now (generation is not sharded yet); "
-                             "launch without accelerate/torchrun")
-        self.config = config
-        self.tokenizer = tokenizer
+        super().__init__(config, config.num_steps, tokenizer)
         if not prompts:
             raise ValueError("no training prompts given")
         self.prompts = list(prompts)
@@ -175,54 +189,101 @@ class OnlineTrainer(ABC):
             if len(values) != len(self.prompts):
                 raise ValueError(f"column {name!r} has {len(values)} values for {len(self.prompts)} prompts")
         self.reward_fn = reward_fn
-        self.policy = policy.to(self.accelerator.device)
+        self.sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        policy = policy.to(self.accelerator.device)
+        self.setup_critic(policy)  # before LoRA: a separate critic copies the plain base model
+        self.policy = prepare_trainable(policy, config)
         self.reference = reference
-        if self.reference is None and config.kl_penalty != "none":
+        if self.reference is None and config.uses_reference:
             self.reference = make_reference(self.policy)
-        self.generator = generator or KVCacheGenerator(self.policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        self.optimizer = build_optimizer(self.policy, config.learning_rate, config.weight_decay,
-                                         (config.adam_beta1, config.adam_beta2), config.adam_eps)
-        self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps,
+        self.generator = generator or KVCacheGenerator(
+            self.policy, tokenizer.eos_token_id, tokenizer.pad_token_id,
+            weights_dtype=torch.bfloat16 if config.mixed_precision == "bf16" else None, own_weights=self.sharded)
+        trained = self.trained_module()
+        optimizer = build_optimizer(trained, config.learning_rate, config.weight_decay,
+                                    (config.adam_beta1, config.adam_beta2), config.adam_eps)
+        self.scheduler = build_scheduler(optimizer, config.lr_scheduler, config.warmup_steps,
                                          config.num_steps * config.update_epochs * config.num_minibatches)
+        self.model, self.optimizer = self.accelerator.prepare(trained, optimizer)
+        self.prepare_critic()
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.batcher = EpochBatcher(len(self.prompts), config.prompts_per_step, config.seed)
-        self.run_dir = Path(config.output_dir)
-        self.step = 0
-        self.skipped_updates = 0
-        self.history: list[dict] = []
-        self.logger = MetricsLogger(self.run_dir, tensorboard=config.tensorboard, progress_total=config.num_steps,
-                                    progress=config.progress)
         self._times: dict[str, float] = {}
+        self._last_rollout: Rollout | None = None
         self.fused_forward: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see fuses_policy_forward
 
     # ------------------------------------------------------------------------------------ hooks
+    def setup_critic(self, base_policy: torch.nn.Module) -> None:
+        """Build a separate critic from the plain (pre-LoRA) policy; default none."""
+
+    def prepare_critic(self) -> None:
+        """Wrap the critic (and its optimiser) for distribution; default none."""
+
+    def trained_module(self) -> torch.nn.Module:
+        """The module the main optimiser trains (default the policy; PPO's shared trunk: policy + head)."""
+        return self.policy
+
     def critic(self):
         """``(ids, mask, pos) -> [N, L]`` values for the rollout, or None (no critic)."""
         return None
 
     @abstractmethod
     def compute_advantages(self, rollout: Rollout, beta: float) -> dict[str, torch.Tensor]:
-        """Advantages (and returns, for a critic) of this rollout."""
+        """Advantages (and returns, for a critic) of this rollout (the whole step's, on every process)."""
 
-    @abstractmethod
+    def micro_loss(self, rollout: Rollout, batch: dict[str, torch.Tensor], rows: torch.Tensor, normalizer: float,
+                   multi: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of this process's ``rows`` of a micro-batch: their sum / ``normalizer`` (the global
+        minibatch's tokens or sequences), and its metrics. ``multi``: the rollout is used for more than one
+        optimiser step (the update is off-policy after the first)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither micro_loss nor update")
+
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Update the policy (and critic) on the rollout; returns metrics."""
+        """Update the policy (and critic) on the rollout; returns metrics (default: :meth:`run_updates`)."""
+        return self.run_updates(rollout, batch, self.micro_loss, self.optimizer_steps)
+
+    def optimizer_steps(self) -> float:
+        """Clip and step every optimiser of the main loss; returns the policy's gradient norm."""
+        return self.clip_and_step(self.model, self.optimizer, self.scheduler)
 
     def fuses_policy_forward(self) -> bool:
         """True when ``update`` makes a single on-policy optimiser step on one micro-batch holding the whole
         rollout. Then the rollout's policy log-probs are taken from that step's own forward pass (with grad,
-        training mode, fp32, same temperature) instead of a separate no-grad forward: the same numbers, one
-        forward fewer per step. ``update`` finds the pass in ``self.fused_forward``."""
+        training mode, same temperature) instead of a separate no-grad forward: the same numbers, one
+        forward fewer per step. ``micro_loss`` finds the pass in ``self.fused_forward``."""
         return False
 
     def extra_checkpoint_modules(self) -> dict:
         """``{name: (module, optimizer)}`` saved with checkpoints (e.g. the critic)."""
         return {}
 
+    def checkpoint_model(self):
+        return self.policy, self.optimizer, self.scheduler, self.extra_checkpoint_modules()
+
+    def trainer_state(self) -> dict:
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.refresh_sampler()  # the engine's own copy (bf16, sharded) must see the loaded weights
+
     def save_final(self, path: Path) -> None:
         self.policy.save_pretrained(str(path), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
+
+    def on_skipped_step(self) -> None:
+        self.fused_forward = None
+        super().on_skipped_step()
+
+    def on_logged_step(self) -> None:
+        if self.accelerator.is_main_process and self._last_rollout is not None:
+            self.log_samples(self._last_rollout)
+
+    def write_report(self) -> None:
+        from ..training.report import write_report
+
+        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
 
     # ------------------------------------------------------------------------------------ helpers
     @contextmanager
@@ -232,7 +293,8 @@ class OnlineTrainer(ABC):
         self._times[f"time/{stage}_s"] = time.perf_counter() - start
 
     def minibatches(self, n: int, epoch: int) -> list[list[torch.Tensor]]:
-        """Per optimiser step, a list of micro-batch index tensors; shuffled per (step, epoch)."""
+        """Per optimiser step, a list of micro-batch index tensors (global rows); shuffled per (step, epoch),
+        the same on every process."""
         cfg = self.config
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 101 + epoch)
         order = torch.randperm(n, generator=g)
@@ -240,46 +302,171 @@ class OnlineTrainer(ABC):
         micro = per_step // cfg.grad_accum_steps
         return [[order[s + m : s + m + micro] for m in range(0, per_step, micro)] for s in range(0, n, per_step)]
 
-    def optimizer_step(self, optimizer, scheduler, params) -> float:
-        """Clip, step, zero. Returns the pre-clip gradient norm."""
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm if self.config.max_grad_norm > 0
-                                              else float("inf"))
-        if not torch.isfinite(norm):
-            raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(norm)}")
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+    def my_rows(self, micro: torch.Tensor) -> torch.Tensor:
+        """This process's share of a micro-batch's rows (sorted, then cut into equal contiguous parts; one
+        process keeps them all)."""
+        rows = micro.sort().values
+        return rows.view(self.world_size, -1)[self.rank]
 
-    # ------------------------------------------------------------------------------------ loop
-    def sampling(self) -> SamplingParams:
+    def reduce_metrics(self, stats: dict[str, float]) -> dict[str, float]:
+        """Per-process metrics -> the step's: additive ones (losses over a global normaliser) summed over
+        processes, the others averaged."""
+        totals = self.reduce_sum(stats)
+        if self.world_size == 1:
+            return totals
+        return {k: v if k.split("/")[-1] in ADDITIVE_METRICS else v / self.world_size for k, v in totals.items()}
+
+    def backward(self, loss: torch.Tensor, last_micro: bool, model: torch.nn.Module | None = None) -> None:
+        """Backward of this process's share of a micro-batch loss, as the whole micro-batch's gradient: DDP
+        averages over processes, so the loss is scaled by their number; gradients are synchronised only at
+        the last micro-batch of an optimiser step. A non-finite loss raises (one process: at once; several:
+        through the synchronised gradient norm, so that every process stops together)."""
+        if not torch.isfinite(loss) and self.world_size == 1:
+            raise NonFiniteLossError(f"step {self.step + 1}: {self.name} loss is {loss.item()}")
+        model = self.model if model is None else model
+        sync = nullcontext() if last_micro or self.world_size == 1 else self.accelerator.no_sync(model)
+        with sync:
+            self.accelerator.backward(loss * self.world_size)
+
+    def run_updates(self, rollout: Rollout, batch: dict[str, torch.Tensor], micro_loss, step_optimizers,
+                    model: torch.nn.Module | None = None, loss_agg: str | None = None,
+                    early_stop_key: str | None = None, early_stop_above: float = 0.0) -> dict[str, float]:
+        """The one update skeleton: ``update_epochs`` x ``num_minibatches`` optimiser steps x
+        ``grad_accum_steps`` micro-batches, each split over the processes; clip and step after each minibatch.
+
+        Args:
+            micro_loss: ``(rollout, batch, rows, normalizer, multi) -> (loss, metrics)`` for this process's
+                rows of a micro-batch.
+            step_optimizers: ``() -> grad norm``: clip, step and zero the optimisers the loss trains.
+            model: the (prepared) module whose gradient sync waits for the last micro-batch (default the
+                policy's); loss_agg: the aggregation that picks the normaliser (default the config's).
+            early_stop_key, early_stop_above: stop after an epoch whose mean of this metric exceeds the bound.
+        Returns:
+            metrics averaged over micro-batches (and reduced over processes), ``grad_norm`` of the last step,
+            ``early_stop_epoch`` (0: none).
+        """
         cfg = self.config
-        return SamplingParams(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                              n=cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + self.step)
+        multi = cfg.update_epochs * cfg.num_minibatches > 1
+        sums: dict[str, float] = {}
+        counted = 0
+        grad_norm = 0.0
+        stopped_early = 0.0
+        model = self.model if model is None else model
+        loss_agg = loss_agg or cfg.loss_agg
+        model.train()
+        for epoch in range(cfg.update_epochs):
+            epoch_values = []
+            for minibatch in self.minibatches(len(rollout), epoch):
+                global_rows = torch.cat(minibatch)
+                normalizer = (float(rollout.response_mask[global_rows].sum()) if loss_agg == "token-mean"
+                              else float(len(global_rows)))
+                for j, micro in enumerate(minibatch):
+                    with self.autocast():
+                        loss, m = micro_loss(rollout, batch, self.my_rows(micro), normalizer, multi)
+                    self.backward(loss, last_micro=j == len(minibatch) - 1, model=model)
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    counted += 1
+                    if early_stop_key is not None:
+                        epoch_values.append(m[early_stop_key])
+                grad_norm = step_optimizers()
+            if early_stop_key is not None and early_stop_above > 0:
+                mean = self.reduce_metrics({"v": sum(epoch_values) / len(epoch_values)})["v"]
+                if mean > early_stop_above:
+                    stopped_early = float(epoch + 1)
+                    break
+        out = {k: v / counted for k, v in self.reduce_metrics(sums).items()}
+        out["grad_norm"] = grad_norm
+        out["early_stop_epoch"] = stopped_early
+        return out
+
+    def fused_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's rows of the fused forward (which covers its own share of the rollout, in order)."""
+        offset = self.rank * self.fused_forward[0].shape[0]
+        return tuple(t[rows - offset] if t is not None else None for t in self.fused_forward)
+
+    # ------------------------------------------------------------------------------------ rollout
+    def sampling(self, first_prompt_index: int = 0) -> SamplingParams:
+        """This step's sampling parameters (noise keyed by (seed, step) and the global prompt index)."""
+        return self.config.sampling_params(self.config.seed * 1_000_003 + self.step, first_prompt_index)
+
+    @contextmanager
+    def gathered_policy(self):
+        """The policy's full parameters for the duration (FSDP / DeepSpeed ZeRO-3 shard them; as TRL's
+        ``unwrap_model_for_generation``); nothing to do otherwise."""
+        kind = self.accelerator.distributed_type.value
+        if kind == "FSDP":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            with FullyShardedDataParallel.summon_full_params(self.model, writeback=False):
+                yield
+        elif kind == "DEEPSPEED":
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+                yield
+        else:
+            yield
+
+    def refresh_sampler(self) -> None:
+        """Make the generator sample from the policy's current weights (``Generator.update_weights``)."""
+        with self.gathered_policy():
+            self.generator.update_weights(self.policy)
+
+    def agree(self, failed: bool) -> bool:
+        """Whether any process failed (all processes get the same answer)."""
+        if self.world_size == 1:
+            return failed
+        flag = torch.tensor([float(failed)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def rollout_policy(self):
+        """The module the rollout's no-grad policy forwards run on."""
+        return self.model if self.trained_module() is self.policy else self.policy
 
     def rollout(self) -> Rollout:
+        """Sample and score this process's share of the step's prompts, then gather the whole rollout."""
         cfg = self.config
         idx = self.batcher.next_batch()
-        prompts = [self.prompts[i] for i in idx]
-        columns = {k: [v[i] for i in idx] for k, v in self.columns.items()}
+        share = len(idx) // self.world_size
+        mine = idx[self.rank * share : (self.rank + 1) * share]
+        prompts = [self.prompts[i] for i in mine]
+        columns = {k: [v[i] for i in mine] for k, v in self.columns.items()}
         penalty = None if math.isnan(cfg.missing_eos_penalty) else cfg.missing_eos_penalty
         fused = self.fuses_policy_forward()
-        rollout = collect_rollout(prompts, self.tokenizer, self.generator, self.reward_fn, self.policy,
-                                  self.sampling(), reference=self.reference, critic=self.critic(), columns=columns,
-                                  missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
-                                  prompt_truncation=cfg.prompt_truncation,
-                                  forward_batch_size=cfg.forward_batch_size or None, policy_logprobs=not fused)
+        error: InvalidRewardError | None = None
+        try:
+            local = collect_rollout(
+                prompts, self.tokenizer, self.generator, self.reward_fn, self.rollout_policy(),
+                self.sampling(first_prompt_index=self.rank * share), reference=self.reference, critic=self.critic(),
+                columns=columns, missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
+                prompt_truncation=cfg.prompt_truncation, forward_batch_size=cfg.forward_batch_size or None,
+                policy_logprobs=not fused, autocast=self.autocast)
+        except InvalidRewardError as err:
+            error = err
+        if self.agree(error is not None):
+            raise error or InvalidRewardError(f"step {self.step + 1}: another process got an invalid reward")
         if fused:
             start = time.perf_counter()
-            self.policy.train()
-            logp, entropy = policy_forward(self.policy, rollout, torch.arange(len(rollout)), cfg.temperature,
-                                           cfg.entropy_coef != 0.0)
+            self.model.train()
+            with self.autocast():
+                logp, entropy = policy_forward(self.model, local, torch.arange(len(local)), cfg.temperature,
+                                               cfg.entropy_coef != 0.0)
             self.fused_forward = (logp, entropy)
-            rollout.set_policy_logprobs(logp.detach())
-            rollout.stats["time/policy_logprobs_s"] = time.perf_counter() - start
+            local.set_policy_logprobs(logp.detach().float())
+            local.stats["time/policy_logprobs_s"] = time.perf_counter() - start
+        rollout = self.gather(local)
+        if rollout.ref_logprobs is not None:
+            rollout.set_kl(cfg.kl_estimator)
         return rollout
+
+    def gather(self, local: Rollout) -> Rollout:
+        """Every process's share, in rank order (= global prompt order), as one rollout on every process."""
+        if self.world_size == 1:
+            return local
+        parts: list = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, local.to("cpu"))
+        return Rollout.concat(parts, self.tokenizer.pad_token_id).to(self.accelerator.device)
 
     def rollout_metrics(self, rollout: Rollout, beta: float) -> dict[str, float]:
         m = rollout.response_mask.float()
@@ -293,75 +480,37 @@ class OnlineTrainer(ABC):
         if rollout.ref_logprobs is not None:
             seq_kl = ((rollout.logprobs - rollout.ref_logprobs) * m).sum(-1)  # k1, summed over tokens
             metrics["kl"] = float(seq_kl.mean())
-            metrics["non_score_reward"] = -beta * metrics["kl"]
+            in_reward = self.config.kl_penalty == "reward"
+            metrics["non_score_reward"] = float(-beta * rollout.kl.sum(-1).mean()) if in_reward else 0.0
         metrics["sampler_logprob_drift"] = rollout.stats.get("sampler_logprob_max_abs_diff", 0.0)
         metrics["entropy_proxy"] = float(-masked_mean(rollout.logprobs, m))  # mean -log pi of sampled tokens
         return metrics
 
-    def train(self, stop_after: int | None = None) -> list[dict]:
+    # ------------------------------------------------------------------------------------ the step
+    def training_step(self) -> dict[str, float]:
+        """rollout -> advantages -> update -> refresh the sampler -> KL controller (each stage timed)."""
         cfg = self.config
-        seed_everything(cfg.seed)
-        resume = resolve_resume(cfg.resume_from, self.run_dir)
-        if resume is not None:
-            state = load_checkpoint(resume, self.policy, self.optimizer, self.scheduler,
-                                    extras=self.extra_checkpoint_modules())
-            self.step = int(state["step"])
-            self.batcher.load_state_dict(state["data"])
-            self.kl_controller.load_state_dict(state["trainer"]["kl_controller"])
-            self.skipped_updates = int(state["trainer"].get("skipped_updates", 0))
-            self.logger.advance(self.step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
-        while self.step < cfg.num_steps:
-            self._times = {}
-            beta = self.kl_controller.value
-            start = time.perf_counter()
-            try:
-                rollout = self.rollout()
-            except InvalidRewardError:
-                if cfg.on_nonfinite == "raise":
-                    raise
-                self.skipped_updates += 1  # the batch is consumed and counted, no update is made
-                self.step += 1
-                self.logger.log(self.step, {"skipped_updates": float(self.skipped_updates)})
-                continue
-            metrics = self.rollout_metrics(rollout, beta)
-            with self.timed("advantages"):
-                batch = self.compute_advantages(rollout, beta)
-            try:
+        self._times = {}
+        beta = self.kl_controller.value
+        start = time.perf_counter()
+        rollout = self.rollout()
+        metrics = self.rollout_metrics(rollout, beta)
+        with self.timed("advantages"):
+            batch = self.compute_advantages(rollout, beta)
+        try:
+            with self.timed("update"):
                 metrics.update(self.update(rollout, batch))
-            except NonFiniteLossError:
-                if cfg.on_nonfinite == "raise":
-                    raise
-                self.skipped_updates += 1
-                self.optimizer.zero_grad(set_to_none=True)
-            finally:
-                self.fused_forward = None  # frees the graph of a fused forward
-            if "kl" in metrics:
-                self.kl_controller.update(metrics["kl"], cfg.rollout_size)
-            self.step += 1
-            metrics.update({k: v for k, v in rollout.stats.items() if k.startswith("time/")})
-            metrics.update(self._times)
-            metrics["time/step_s"] = time.perf_counter() - start
-            metrics["skipped_updates"] = float(self.skipped_updates)
-            self.history.append({"step": self.step, **metrics})
-            if self.step % cfg.logging_steps == 0 or self.step == cfg.num_steps:
-                self.logger.log(self.step, metrics)
-                self.log_samples(rollout)
-            if cfg.save_steps and self.step % cfg.save_steps == 0:
-                save_checkpoint(self.run_dir, self.step, self.policy, self.optimizer, self.scheduler,
-                                {"data": self.batcher.state_dict(),
-                                 "trainer": {"kl_controller": self.kl_controller.state_dict(),
-                                             "skipped_updates": self.skipped_updates}},
-                                keep=cfg.save_total_limit, extras=self.extra_checkpoint_modules())
-            self.logger.advance()
-            if stop_after is not None and self.step >= stop_after:
-                self.logger.close()
-                return self.history
-        self.save_final(self.run_dir / "final")
-        self.logger.close()
-        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
-        return self.history
+        finally:
+            self.fused_forward = None  # frees the graph of a fused forward
+        with self.timed("sync_weights"):
+            self.refresh_sampler()
+        if "kl" in metrics:
+            self.kl_controller.update(metrics["kl"], cfg.rollout_size)
+        metrics.update({k: v for k, v in rollout.stats.items() if k.startswith("time/")})
+        metrics.update(self._times)
+        metrics["time/step_s"] = time.perf_counter() - start
+        self._last_rollout = rollout
+        return metrics
 
     def log_samples(self, rollout: Rollout) -> None:
         """The first ``num_samples`` (prompt, completion, score) of this step's rollout -> samples.jsonl."""

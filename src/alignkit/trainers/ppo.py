@@ -25,19 +25,20 @@ from pathlib import Path
 
 import torch
 
-from ..core.kl import kl_estimate, kl_shaped_rewards
+from ..core.kl import kl_estimate, kl_penalised_rewards
 from ..core.logprobs import entropy_from_logits, token_logprobs
 from ..core.masked import aggregate_loss, whiten
 from ..core.policy_loss import ppo_clip_loss
 from ..core.returns import gae
 from ..core.value_loss import value_loss
-from ..training import option
-from ..training.loop import NonFiniteLossError
-from ..training.optim import build_optimizer, build_scheduler
+from ..training.config import option, with_defaults
+from ..training.loop import enable_gradient_checkpointing
+from ..training.optim import build_optimizer
 from .online import OnlineConfig, OnlineTrainer, policy_forward
 
 
 @dataclass
+@with_defaults(update_epochs=4, num_minibatches=2)
 class PPOConfig(OnlineConfig):
     """PPO settings (see the module docstring for the variant)."""
 
@@ -50,9 +51,9 @@ class PPOConfig(OnlineConfig):
     whiten_rewards: bool = option(False, "scale per-token rewards to unit variance (no mean shift)")
     whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 over the rollout")
     target_kl: float = option(0.0, "stop the epochs early when approx_kl > 1.5 x this (0 = off)")
-    shared_trunk: bool = option(False, "value head on the policy's trunk instead of a separate critic")
-    update_epochs: int = option(4, "passes over each rollout batch")
-    num_minibatches: int = option(2, "optimiser steps per pass")
+    shared_trunk: bool = option(False, "value head on the policy's trunk instead of a separate critic "
+                                       "(with lora: the head trains with the adapters; else the critic is a "
+                                       "LoRA'd copy of the base model)")
 
 
 class PPOTrainer(OnlineTrainer):
@@ -62,32 +63,52 @@ class PPOTrainer(OnlineTrainer):
 
     def __init__(self, config: PPOConfig, policy, tokenizer, prompts, reward_fn, columns=None, reference=None,
                  generator=None, critic=None):
-        from ..models.value import PolicyWithValueHead, ValueModel
-
-        super().__init__(config, policy, tokenizer, prompts, reward_fn, columns, reference, generator)
-        betas = (config.adam_beta1, config.adam_beta2)
+        if config.shared_trunk and critic is not None:
+            raise ValueError("shared_trunk=True puts the value head on the policy: do not pass a critic")
+        self._given_critic = critic
         self.joint = None
-        if config.shared_trunk:
-            if critic is not None:
-                raise ValueError("shared_trunk=True puts the value head on the policy: do not pass a critic")
-            self.joint = PolicyWithValueHead(self.policy)
-            self.value_model = None
-            self.critic_optimizer = None
-            self.optimizer = build_optimizer(self.joint, config.learning_rate, config.weight_decay, betas,
-                                             config.adam_eps)
-            self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps,
-                                             config.num_steps * config.update_epochs * config.num_minibatches)
+        self.value_model = None
+        self.critic_optimizer = None
+        super().__init__(config, policy, tokenizer, prompts, reward_fn, columns, reference, generator)
+
+    # ------------------------------------------------------------------------------------ models
+    def setup_critic(self, base_policy):
+        if self.config.shared_trunk:
             return
+        from ..models.lora import apply_lora_to_trunk
+        from ..models.value import ValueModel
+
+        critic = self._given_critic
         if critic is None:
-            critic = ValueModel.from_causal_lm(self.policy, pad_token_id=tokenizer.pad_token_id)
-        self.value_model = critic.to(self.accelerator.device)
-        self.critic_optimizer = build_optimizer(self.value_model, config.critic_learning_rate or config.learning_rate,
-                                                config.weight_decay, betas, config.adam_eps)
+            critic = ValueModel.from_causal_lm(base_policy, pad_token_id=self.tokenizer.pad_token_id)
+        critic = critic.to(self.accelerator.device)
+        if self.config.lora:
+            apply_lora_to_trunk(critic, r=self.config.lora_r, alpha=self.config.lora_alpha)
+        if self.config.gradient_checkpointing:
+            enable_gradient_checkpointing(critic)
+        self.value_model = critic
+
+    def trained_module(self):
+        if self.config.shared_trunk:
+            if self.joint is None:
+                from ..models.value import PolicyWithValueHead
+
+                self.joint = PolicyWithValueHead(self.policy)
+            return self.joint
+        return self.policy
+
+    def prepare_critic(self):
+        if self.value_model is None:
+            return
+        cfg = self.config
+        optimizer = build_optimizer(self.value_model, cfg.critic_learning_rate or cfg.learning_rate, cfg.weight_decay,
+                                    (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
+        self.critic_model, self.critic_optimizer = self.accelerator.prepare(self.value_model, optimizer)
 
     def critic(self):
         if self.joint is not None:
             return lambda ids, mask, pos: self.joint(ids, mask, pos).values
-        return self.value_model
+        return self.critic_model
 
     def extra_checkpoint_modules(self):
         if self.joint is not None:
@@ -100,32 +121,35 @@ class PPOTrainer(OnlineTrainer):
             self.tokenizer.save_pretrained(str(path))
             return
         super().save_final(path)
-        self.value_model.save_pretrained(str(path / "critic"))
+        from ..models.lora import merged_trunk_copy
 
-    def critic_values(self, rollout, micro) -> torch.Tensor:
-        """V(s_t) of the separate critic for the response tokens of rows ``micro``: ``[b, R]`` (with grad)."""
-        ids, mask, pos = rollout.sequences(micro)
-        return self.value_model(ids, mask, pos)[:, rollout.prompt_ids.shape[1] - 1 : -1]
+        critic = merged_trunk_copy(self.value_model) if self.config.lora else self.value_model
+        critic.save_pretrained(str(path / "critic"))
 
-    def _forward(self, rollout, micro, with_entropy: bool):
-        """(log-probs, entropies, values) of the response tokens of rows ``micro``, each ``[b, R]``."""
+    def critic_values(self, rollout, rows) -> torch.Tensor:
+        """V(s_t) of the separate critic for the response tokens of rows ``rows``: ``[b, R]`` (with grad)."""
+        ids, mask, pos = rollout.sequences(rows)
+        return self.critic_model(ids, mask, pos)[:, rollout.prompt_ids.shape[1] - 1 : -1]
+
+    def _forward(self, rollout, rows, with_entropy: bool):
+        """(log-probs, entropies, values) of the response tokens of rows ``rows``, each ``[b, R]``."""
         if self.joint is not None:  # one trunk pass for logits and values
             p = rollout.prompt_ids.shape[1]
-            out = self.joint(*rollout.sequences(micro))
+            out = self.model(*rollout.sequences(rows))
             logits = out.logits[:, p - 1 : -1]
-            logp = token_logprobs(logits, rollout.response_ids[micro], self.config.temperature)
+            logp = token_logprobs(logits, rollout.response_ids[rows], self.config.temperature)
             entropy = entropy_from_logits(logits, self.config.temperature) if with_entropy else None
             return logp, entropy, out.values[:, p - 1 : -1]
-        logp, entropy = policy_forward(self.policy, rollout, micro, self.config.temperature, with_entropy)
-        return logp, entropy, self.critic_values(rollout, micro)
+        logp, entropy = policy_forward(self.model, rollout, rows, self.config.temperature, with_entropy)
+        return logp, entropy, self.critic_values(rollout, rows)
 
+    # ------------------------------------------------------------------------------------ stages
     def compute_advantages(self, rollout, beta):
         cfg = self.config
         mask = rollout.response_mask
-        shaping = beta if (cfg.kl_penalty == "reward" and rollout.ref_logprobs is not None) else 0.0
-        ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
-        rewards, non_score = kl_shaped_rewards(rollout.scores.float(), rollout.logprobs, ref, mask, shaping,
-                                               cfg.kl_estimator)
+        shaping = beta if (cfg.kl_penalty == "reward" and rollout.kl is not None) else 0.0
+        kl = rollout.kl if rollout.kl is not None else torch.zeros_like(rollout.logprobs)
+        rewards, non_score = kl_penalised_rewards(rollout.scores.float(), kl, mask, shaping)
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
@@ -133,52 +157,33 @@ class PPOTrainer(OnlineTrainer):
             advantages = whiten(advantages, mask, shift_mean=True)
         return {"advantages": advantages, "returns": returns, "non_score": non_score}
 
+    def micro_loss(self, rollout, batch, rows, normalizer, multi):
+        cfg = self.config
+        mask = rollout.response_mask[rows]
+        logp, entropy, values = self._forward(rollout, rows, True)  # entropy is reported even without a bonus
+        loss, m = ppo_clip_loss(logp, rollout.logprobs[rows], batch["advantages"][rows], mask, cfg.clip_eps,
+                                agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
+                                entropy_coef=cfg.entropy_coef)
+        if cfg.kl_penalty == "loss" and rollout.ref_logprobs is not None:
+            kl_loss = aggregate_loss(kl_estimate(logp, rollout.ref_logprobs[rows], cfg.kl_estimator), mask,
+                                     cfg.loss_agg, normalizer)
+            loss = loss + self.kl_controller.value * kl_loss
+            m["kl_loss"] = float(kl_loss.detach())
+        v_loss, vm = value_loss(values, batch["returns"][rows], mask, rollout.values[rows], cfg.vf_clip or None,
+                                cfg.loss_agg, normalizer)
+        return loss + cfg.vf_coef * v_loss, {**m, **vm}
+
+    def optimizer_steps(self) -> float:
+        norm = self.clip_and_step(self.model, self.optimizer, self.scheduler)
+        if self.value_model is not None:
+            self.clip_and_step(self.critic_model, self.critic_optimizer)
+        return norm
+
     def update(self, rollout, batch):
         cfg = self.config
-        adv, returns = batch["advantages"], batch["returns"]
-        want_entropy = True  # entropy is reported for PPO even without a bonus
-        beta = self.kl_controller.value
-        sums: dict[str, float] = {}
-        counted = 0
-        self.policy.train()
-        (self.joint if self.joint is not None else self.value_model).train()
-        stopped_early = 0.0
-        for epoch in range(cfg.update_epochs):
-            epoch_kl = []
-            for minibatch in self.minibatches(len(rollout), epoch):
-                rows = torch.cat(minibatch)
-                n_tok = float(rollout.response_mask[rows].sum())
-                normalizer = n_tok if cfg.loss_agg == "token-mean" else float(len(rows))
-                for micro in minibatch:
-                    mask = rollout.response_mask[micro]
-                    logp, entropy, values = self._forward(rollout, micro, want_entropy)
-                    loss, m = ppo_clip_loss(logp, rollout.logprobs[micro], adv[micro], mask, cfg.clip_eps,
-                                            agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
-                                            entropy_coef=cfg.entropy_coef)
-                    if cfg.kl_penalty == "loss" and rollout.ref_logprobs is not None:
-                        loss = loss + beta * aggregate_loss(
-                            kl_estimate(logp, rollout.ref_logprobs[micro], cfg.kl_estimator), mask, cfg.loss_agg,
-                            normalizer)
-                    v_loss, vm = value_loss(values, returns[micro], mask, rollout.values[micro],
-                                            cfg.vf_clip or None, cfg.loss_agg, normalizer)
-                    total = loss + cfg.vf_coef * v_loss
-                    if not torch.isfinite(total):
-                        raise NonFiniteLossError(f"step {self.step + 1}: PPO loss is {total.item()}")
-                    total.backward()
-                    for k, v in {**m, **vm}.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    counted += 1
-                    epoch_kl.append(m["approx_kl"])
-                if self.joint is not None:
-                    sums["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.joint.parameters())
-                else:
-                    sums["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.policy.parameters())
-                    self.optimizer_step(self.critic_optimizer, None, self.value_model.parameters())
-            if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > 1.5 * cfg.target_kl:
-                stopped_early = float(epoch + 1)
-                break
-        out = {k: v / counted for k, v in sums.items() if k != "grad_norm"}
-        out["grad_norm"] = sums.get("grad_norm", 0.0)
-        out["early_stop_epoch"] = stopped_early
-        out["advantage_std"] = float(adv[rollout.response_mask.bool()].std())
+        if self.value_model is not None:
+            self.critic_model.train()
+        out = self.run_updates(rollout, batch, self.micro_loss, self.optimizer_steps,
+                               early_stop_key="approx_kl", early_stop_above=1.5 * cfg.target_kl)
+        out["advantage_std"] = float(batch["advantages"][rollout.response_mask.bool()].std())
         return out

@@ -22,28 +22,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..core.baselines import BASELINES, compute_baseline_advantages
 from ..core.kl import kl_estimate
 from ..core.masked import aggregate_loss
 from ..core.policy_loss import ppo_clip_loss, reinforce_loss
-from ..training import option
-from ..training.loop import NonFiniteLossError
+from ..training.config import option, with_defaults
 from .online import OnlineConfig, OnlineTrainer, policy_forward
+
+REINFORCE_LOSS_AGGREGATION = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
 @dataclass
+@with_defaults(loss_agg="seq-mean-token-sum")
 class ReinforceConfig(OnlineConfig):
     """REINFORCE-family settings (see the module docstring for the variant)."""
 
     baseline: str = option("loo", "baseline subtracted from the sequence reward", choices=BASELINES)
-    loss_agg: str = option("seq-mean-token-sum", "loss aggregation",
-                           choices=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"))
     clip_eps: float = option(0.2, "ratio clip used when a rollout is reused for several updates")
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, world_size: int = 1) -> None:
+        super().validate(world_size)
+        if self.loss_agg not in REINFORCE_LOSS_AGGREGATION:
+            raise ValueError(f"loss_agg must be one of {REINFORCE_LOSS_AGGREGATION} for REINFORCE, "
+                             f"got {self.loss_agg!r}")
         if self.baseline in ("loo", "grpo") and self.samples_per_prompt < 2:
             raise ValueError(f"baseline={self.baseline!r} needs samples_per_prompt >= 2, "
                              f"got {self.samples_per_prompt}")
@@ -58,52 +59,34 @@ class ReinforceTrainer(OnlineTrainer):
 
     def compute_advantages(self, rollout, beta):
         total = rollout.scores.float()
-        if self.config.kl_penalty == "reward" and rollout.ref_logprobs is not None:
-            kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, self.config.kl_estimator)
-            total = total - beta * (kl * rollout.response_mask).sum(-1)
+        if self.config.kl_penalty == "reward" and rollout.kl is not None:
+            total = total - beta * rollout.kl.sum(-1)
         adv = compute_baseline_advantages(total, rollout.group_ids, self.config.baseline)
         return {"advantages": adv, "total_reward": total}
 
-    def update(self, rollout, batch):
+    def micro_loss(self, rollout, batch, rows, normalizer, multi):
         cfg = self.config
         adv = batch["advantages"]
-        multi = cfg.update_epochs * cfg.num_minibatches > 1
-        want_entropy = cfg.entropy_coef != 0.0
-        stats: dict[str, float] = {}
-        beta = self.kl_controller.value
-        self.policy.train()
-        for epoch in range(cfg.update_epochs):
-            for minibatch in self.minibatches(len(rollout), epoch):
-                rows = torch.cat(minibatch)
-                mask_mb = rollout.response_mask[rows]
-                normalizer = float(mask_mb.sum()) if cfg.loss_agg == "token-mean" else float(len(rows))
-                for micro in minibatch:
-                    mask = rollout.response_mask[micro]
-                    if self.fused_forward is not None:  # the rollout's own forward, over all rows in order
-                        logp, entropy = (t[micro] if t is not None else None for t in self.fused_forward)
-                    else:
-                        logp, entropy = policy_forward(self.policy, rollout, micro, cfg.temperature, want_entropy)
-                    if multi:
-                        loss, m = ppo_clip_loss(logp, rollout.logprobs[micro], adv[micro], mask, cfg.clip_eps,
-                                                agg=cfg.loss_agg, normalizer=normalizer, entropy=entropy,
-                                                entropy_coef=cfg.entropy_coef)
-                    else:
-                        loss, m = reinforce_loss(logp, adv[micro], mask, cfg.loss_agg, normalizer, entropy,
-                                                 cfg.entropy_coef)
-                    if cfg.kl_penalty == "loss" and rollout.ref_logprobs is not None:
-                        kl_loss = aggregate_loss(kl_estimate(logp, rollout.ref_logprobs[micro], cfg.kl_estimator),
-                                                 mask, cfg.loss_agg, normalizer)
-                        loss = loss + beta * kl_loss
-                        m["kl_loss"] = float(kl_loss.detach())
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"step {self.step + 1}: policy loss is {loss.item()}")
-                    loss.backward()
-                    for k, v in m.items():
-                        stats[k] = stats.get(k, 0.0) + v
-                stats["grad_norm"] = self.optimizer_step(self.optimizer, self.scheduler, self.policy.parameters())
-        n_micro = cfg.update_epochs * cfg.num_minibatches * cfg.grad_accum_steps
-        out = {k: v / n_micro for k, v in stats.items() if k != "grad_norm"}
-        out["grad_norm"] = stats.get("grad_norm", 0.0)
-        out["advantage_mean"] = float(adv.mean())
+        mask = rollout.response_mask[rows]
+        if self.fused_forward is not None:  # the rollout's own forward of this process's rows
+            logp, entropy = self.fused_rows(rows)
+        else:
+            logp, entropy = policy_forward(self.model, rollout, rows, cfg.temperature, cfg.entropy_coef != 0.0)
+        if multi:
+            loss, m = ppo_clip_loss(logp, rollout.logprobs[rows], adv[rows], mask, cfg.clip_eps, agg=cfg.loss_agg,
+                                    normalizer=normalizer, entropy=entropy, entropy_coef=cfg.entropy_coef)
+        else:
+            loss, m = reinforce_loss(logp, adv[rows], mask, cfg.loss_agg, normalizer, entropy, cfg.entropy_coef)
+        if cfg.kl_penalty == "loss" and rollout.ref_logprobs is not None:
+            kl_loss = aggregate_loss(kl_estimate(logp, rollout.ref_logprobs[rows], cfg.kl_estimator), mask,
+                                     cfg.loss_agg, normalizer)
+            loss = loss + self.kl_controller.value * kl_loss
+            m["kl_loss"] = float(kl_loss.detach())
+        return loss, m
+
+    def update(self, rollout, batch):
+        out = super().update(rollout, batch)
+        out.pop("early_stop_epoch", None)
+        out["advantage_mean"] = float(batch["advantages"].mean())
         out["total_reward"] = float(batch["total_reward"].mean())
         return out

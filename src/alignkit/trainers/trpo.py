@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.masked import masked_mean
+from ..core.masked import masked_sum
 from ..core.trust_region import trpo_step
 from ..core.value_loss import value_loss
-from ..training import option
+from ..training.config import option
 from ..training.loop import NonFiniteLossError
 from .online import policy_forward, response_logits
 from .ppo import PPOConfig, PPOTrainer
@@ -42,8 +42,8 @@ class TRPOConfig(PPOConfig):
     max_backtracks: int = option(10, "line-search halvings before the step is rejected")
     accept_ratio: float = option(0.0, "minimum actual / predicted improvement to accept a step")
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, world_size: int = 1) -> None:
+        super().validate(world_size)
         if not self.max_kl > 0:
             raise ValueError(f"max_kl must be > 0, got {self.max_kl}")
         if self.shared_trunk:
@@ -60,55 +60,66 @@ class TRPOTrainer(PPOTrainer):
         if hasattr(policy, "set_attn_implementation"):
             policy.set_attn_implementation("eager")
         super().__init__(config, policy, tokenizer, prompts, reward_fn, **kwargs)
+        if self.sharded:
+            raise ValueError("TRPO's flat natural-gradient step needs whole parameters on every process: use DDP "
+                             "(plain accelerate launch / torchrun), not FSDP or DeepSpeed")
 
     def _logits(self, rollout, rows):
         return response_logits(self.policy, rollout, rows).float() / self.config.temperature
 
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (identity with one)."""
+        if self.world_size == 1:
+            return t
+        return self.accelerator.reduce(t.contiguous(), reduction="sum")
+
     def update(self, rollout, batch):
+        """One natural-gradient step on this process's rows (the whole rollout split over processes): the
+        surrogate and KL are the rows' sums over the *global* token count, and ``trpo_step`` sums gradients,
+        Fisher-vector products and line-search values over processes (the unwrapped policy is used: DDP's
+        gradient hooks do not apply to ``autograd.grad``)."""
         cfg = self.config
         adv = batch["advantages"]
-        mask = rollout.response_mask
-        rows = torch.arange(len(rollout))
+        rows = self.my_rows(torch.arange(len(rollout)))
+        mask = rollout.response_mask[rows]
+        count = float(rollout.response_mask.sum())
+        old_logp = rollout.logprobs[rows]
         self.policy.train()
-        with torch.no_grad():
-            old_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)  # [N, R, V] of pi_old
-        old_logp = rollout.logprobs
+        with torch.no_grad(), self.autocast():
+            old_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)  # [n, R, V] of pi_old
 
         def surrogate():
-            logp, _ = policy_forward(self.policy, rollout, rows, cfg.temperature, False)
-            return masked_mean(torch.exp(logp - old_logp) * adv, mask)
+            with self.autocast():
+                logp, _ = policy_forward(self.policy, rollout, rows, cfg.temperature, False)
+            return masked_sum(torch.exp(logp.float() - old_logp) * adv[rows], mask) / count
 
         def mean_kl():
-            new_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)
+            with self.autocast():
+                new_logp_full = torch.log_softmax(self._logits(rollout, rows), -1)
             kl = (old_logp_full.exp() * (old_logp_full - new_logp_full)).sum(-1)  # KL(pi_old || pi) per token
-            return masked_mean(kl, mask)
+            return masked_sum(kl, mask) / count
 
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        metrics = trpo_step(params, surrogate, mean_kl, max_kl=cfg.max_kl, damping=cfg.damping,
-                            cg_iters=cfg.cg_iters, max_backtracks=cfg.max_backtracks, accept_ratio=cfg.accept_ratio)
+        with self.timed("policy_step"):
+            metrics = trpo_step(params, surrogate, mean_kl, max_kl=cfg.max_kl, damping=cfg.damping,
+                                cg_iters=cfg.cg_iters, max_backtracks=cfg.max_backtracks,
+                                accept_ratio=cfg.accept_ratio, all_reduce=self.all_reduce_sum)
         self.policy.zero_grad(set_to_none=True)
         if not all(map(torch.isfinite, (torch.tensor(metrics["kl"]), torch.tensor(metrics["surrogate_after"])))):
             raise NonFiniteLossError(f"step {self.step + 1}: TRPO produced a non-finite KL or surrogate")
         out = {f"trpo/{k}": float(v) for k, v in metrics.items()}
-        out.update(self._update_critic(rollout, batch["returns"]))
+        out.update(self._update_critic(rollout, batch))
         return out
 
-    def _update_critic(self, rollout, returns) -> dict[str, float]:
-        cfg = self.config
-        sums: dict[str, float] = {}
-        count = 0
-        self.value_model.train()
-        for epoch in range(cfg.update_epochs):
-            for minibatch in self.minibatches(len(rollout), epoch):
-                rows = torch.cat(minibatch)
-                normalizer = float(rollout.response_mask[rows].sum())
-                for micro in minibatch:
-                    loss, m = value_loss(self.critic_values(rollout, micro), returns[micro],
-                                         rollout.response_mask[micro], rollout.values[micro], cfg.vf_clip or None,
-                                         "token-mean", normalizer)
-                    loss.backward()
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                self.optimizer_step(self.critic_optimizer, None, self.value_model.parameters())
-        return {k: v / count for k, v in sums.items()}
+    def critic_loss(self, rollout, batch, rows, normalizer, multi):
+        """The critic's regression loss on this process's ``rows`` (token mean over the global minibatch)."""
+        return value_loss(self.critic_values(rollout, rows), batch["returns"][rows], rollout.response_mask[rows],
+                          rollout.values[rows], self.config.vf_clip or None, "token-mean", normalizer)
+
+    def _update_critic(self, rollout, batch) -> dict[str, float]:
+        out = self.run_updates(rollout, batch, self.critic_loss,
+                               lambda: self.clip_and_step(self.critic_model, self.critic_optimizer),
+                               model=self.critic_model, loss_agg="token-mean")
+        out.pop("early_stop_epoch", None)
+        out["critic_grad_norm"] = out.pop("grad_norm")
+        return out
