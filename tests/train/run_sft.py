@@ -37,7 +37,8 @@ def main():
         model = trainer.accelerator.unwrap_model(trainer.model)
         params = {k: v.detach().flatten().tolist() for k, v in model.named_parameters()}
         with open(args.out, "w") as f:
-            json.dump({"losses": [h["loss"] for h in history], "params": params}, f)
+            json.dump({"losses": [h["loss"] for h in history], "params": params,
+                       "world_size": trainer.world_size}, f)
 
 
 if __name__ == "__main__":

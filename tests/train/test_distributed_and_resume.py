@@ -44,6 +44,7 @@ def test_two_process_data_parallel_equals_one_process(tmp_path):
     _run([tmp_path / "two.json", tmp_path / "two", 4],
          launcher=(torchrun, "--nproc_per_node", "2", "--master_port", "29533"))
     one, two = _load(tmp_path / "one.json"), _load(tmp_path / "two.json")
+    assert (one["world_size"], two["world_size"]) == (1, 2)  # really two processes (gloo), not two lone runs
     assert one["losses"] == pytest.approx(two["losses"], abs=1e-5)
     for name, values in one["params"].items():
         torch.testing.assert_close(torch.tensor(two["params"][name]), torch.tensor(values), atol=1e-5, rtol=1e-5)

@@ -46,7 +46,10 @@ def value_loss(
         old_values = old_values.detach()
         v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
         err_clipped = (v_clipped - returns) ** 2
-        metrics["vf_clipfrac"] = float(masked_mean((err_clipped > err).float().detach(), mask))
+        # the clipped branch is active only where the clip moved the value (inside the range old + (V - old)
+        # may round to a different float than V, and a comparison on that rounding is noise)
+        active = (err_clipped > err) & ((values - old_values).abs() > clip_range)
+        metrics["vf_clipfrac"] = float(masked_mean(active.float().detach(), mask))
         err = torch.maximum(err, err_clipped)
     loss = 0.5 * aggregate_loss(err, mask, agg, normalizer)
     metrics["value_loss"] = float(loss.detach())

@@ -60,8 +60,11 @@ from ..training.loop import NonFiniteLossError, TrainingLoop, prepare_trainable
 from ..training.optim import build_optimizer, build_scheduler
 from ..training.report import append_samples
 
-# per-micro-batch metrics that are sums over rows divided by a global normaliser: summed over processes
+# How a micro-batch's metric combines over the processes' shares of it: losses are sums over rows divided by
+# the global normaliser (summed); ratio extremes take the min / max; every other metric is a mean over the
+# share's response tokens (weighted by the share's token count).
 ADDITIVE_METRICS = ("policy_loss", "value_loss", "kl_loss")
+EXTREME_METRICS = {"ratio_min": "min", "ratio_max": "max"}
 
 
 @dataclass
@@ -308,13 +311,24 @@ class OnlineTrainer(TrainingLoop):
         rows = micro.sort().values
         return rows.view(self.world_size, -1)[self.rank]
 
-    def reduce_metrics(self, stats: dict[str, float]) -> dict[str, float]:
-        """Per-process metrics -> the step's: additive ones (losses over a global normaliser) summed over
-        processes, the others averaged."""
-        totals = self.reduce_sum(stats)
-        if self.world_size == 1:
-            return totals
-        return {k: v if k.split("/")[-1] in ADDITIVE_METRICS else v / self.world_size for k, v in totals.items()}
+    def combine_shares(self, metrics: dict[str, float], share_tokens: float, micro_tokens: float
+                       ) -> dict[str, float]:
+        """This process's share of one micro-batch's metrics as its contribution to the micro-batch's value
+        (see ``EXTREME_METRICS``): token means are weighted by the share's fraction of the micro-batch's tokens,
+        so that summing contributions over processes gives the whole micro-batch's mean."""
+        weight = share_tokens / max(micro_tokens, 1.0)
+        return {k: v if k in ADDITIVE_METRICS else v * weight for k, v in metrics.items() if k not in EXTREME_METRICS}
+
+    def reduce_extremes(self, values: dict[str, list[float]]) -> dict[str, float]:
+        """Per micro-batch minima / maxima over processes, then their mean over micro-batches."""
+        out = {}
+        for key in sorted(values):
+            t = torch.tensor(values[key], dtype=torch.float64, device=self.accelerator.device)
+            if self.world_size > 1:
+                op = torch.distributed.ReduceOp.MIN if EXTREME_METRICS[key] == "min" else torch.distributed.ReduceOp.MAX
+                torch.distributed.all_reduce(t, op=op)
+            out[key] = float(t.mean())
+        return out
 
     def backward(self, loss: torch.Tensor, last_micro: bool, model: torch.nn.Module | None = None) -> None:
         """Backward of this process's share of a micro-batch loss, as the whole micro-batch's gradient: DDP
@@ -348,6 +362,7 @@ class OnlineTrainer(TrainingLoop):
         cfg = self.config
         multi = cfg.update_epochs * cfg.num_minibatches > 1
         sums: dict[str, float] = {}
+        extremes: dict[str, list[float]] = {}
         counted = 0
         grad_norm = 0.0
         stopped_early = 0.0
@@ -361,21 +376,27 @@ class OnlineTrainer(TrainingLoop):
                 normalizer = (float(rollout.response_mask[global_rows].sum()) if loss_agg == "token-mean"
                               else float(len(global_rows)))
                 for j, micro in enumerate(minibatch):
+                    rows = self.my_rows(micro)
                     with self.autocast():
-                        loss, m = micro_loss(rollout, batch, self.my_rows(micro), normalizer, multi)
+                        loss, m = micro_loss(rollout, batch, rows, normalizer, multi)
                     self.backward(loss, last_micro=j == len(minibatch) - 1, model=model)
-                    for k, v in m.items():
+                    share = self.combine_shares(m, float(rollout.response_mask[rows].sum()),
+                                                float(rollout.response_mask[micro].sum()))
+                    for k, v in share.items():
                         sums[k] = sums.get(k, 0.0) + v
+                    for k in EXTREME_METRICS.keys() & m.keys():
+                        extremes.setdefault(k, []).append(m[k])
                     counted += 1
                     if early_stop_key is not None:
-                        epoch_values.append(m[early_stop_key])
+                        epoch_values.append(share[early_stop_key])
                 grad_norm = step_optimizers()
             if early_stop_key is not None and early_stop_above > 0:
-                mean = self.reduce_metrics({"v": sum(epoch_values) / len(epoch_values)})["v"]
+                mean = self.reduce_sum({"v": sum(epoch_values) / len(epoch_values)})["v"]
                 if mean > early_stop_above:
                     stopped_early = float(epoch + 1)
                     break
-        out = {k: v / counted for k, v in self.reduce_metrics(sums).items()}
+        out = {k: v / counted for k, v in self.reduce_sum(sums).items()}
+        out.update(self.reduce_extremes(extremes))
         out["grad_norm"] = grad_norm
         out["early_stop_epoch"] = stopped_early
         return out

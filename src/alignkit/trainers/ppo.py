@@ -30,7 +30,7 @@ from ..core.logprobs import entropy_from_logits, token_logprobs
 from ..core.masked import aggregate_loss, whiten
 from ..core.policy_loss import ppo_clip_loss
 from ..core.returns import gae
-from ..core.value_loss import value_loss
+from ..core.value_loss import explained_variance, value_loss
 from ..training.config import option, with_defaults
 from ..training.loop import enable_gradient_checkpointing
 from ..training.optim import build_optimizer
@@ -171,7 +171,15 @@ class PPOTrainer(OnlineTrainer):
             m["kl_loss"] = float(kl_loss.detach())
         v_loss, vm = value_loss(values, batch["returns"][rows], mask, rollout.values[rows], cfg.vf_clip or None,
                                 cfg.loss_agg, normalizer)
+        vm.pop("explained_variance")  # not a mean over tokens: computed once over the rollout (rollout_fit)
         return loss + cfg.vf_coef * v_loss, {**m, **vm}
+
+    @staticmethod
+    def rollout_fit(rollout, batch) -> dict[str, float]:
+        """How well the rollout-time values predicted the returns, over the whole rollout (CleanRL's
+        explained variance: 1 - Var(R - V) / Var(R) of the batch)."""
+        return {"explained_variance": float(explained_variance(rollout.values, batch["returns"],
+                                                               rollout.response_mask))}
 
     def optimizer_steps(self) -> float:
         norm = self.clip_and_step(self.model, self.optimizer, self.scheduler)
@@ -186,4 +194,5 @@ class PPOTrainer(OnlineTrainer):
         out = self.run_updates(rollout, batch, self.micro_loss, self.optimizer_steps,
                                early_stop_key="approx_kl", early_stop_above=1.5 * cfg.target_kl)
         out["advantage_std"] = float(batch["advantages"][rollout.response_mask.bool()].std())
+        out.update(self.rollout_fit(rollout, batch))
         return out

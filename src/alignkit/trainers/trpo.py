@@ -113,8 +113,11 @@ class TRPOTrainer(PPOTrainer):
 
     def critic_loss(self, rollout, batch, rows, normalizer, multi):
         """The critic's regression loss on this process's ``rows`` (token mean over the global minibatch)."""
-        return value_loss(self.critic_values(rollout, rows), batch["returns"][rows], rollout.response_mask[rows],
-                          rollout.values[rows], self.config.vf_clip or None, "token-mean", normalizer)
+        loss, metrics = value_loss(self.critic_values(rollout, rows), batch["returns"][rows],
+                                   rollout.response_mask[rows], rollout.values[rows], self.config.vf_clip or None,
+                                   "token-mean", normalizer)
+        metrics.pop("explained_variance")  # computed once over the rollout (rollout_fit)
+        return loss, metrics
 
     def _update_critic(self, rollout, batch) -> dict[str, float]:
         out = self.run_updates(rollout, batch, self.critic_loss,
@@ -122,4 +125,5 @@ class TRPOTrainer(PPOTrainer):
                                model=self.critic_model, loss_agg="token-mean")
         out.pop("early_stop_epoch", None)
         out["critic_grad_norm"] = out.pop("grad_norm")
+        out.update(self.rollout_fit(rollout, batch))
         return out

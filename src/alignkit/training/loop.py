@@ -59,6 +59,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_accelerator():
+    """The ``accelerate.Accelerator`` every trainer runs on.
+
+    Several processes without CUDA (``torchrun`` / ``accelerate launch`` on CPUs) must ask Accelerate for
+    CPU data parallelism explicitly (``cpu=True``: gloo); otherwise each process would silently train alone.
+    """
+    import os
+
+    from accelerate import Accelerator
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=several and not torch.cuda.is_available())
+
+
 def prepare_trainable(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
     """Apply the config's LoRA (peft adapters; the base weights frozen) and gradient-checkpointing switches.
 
@@ -109,11 +123,9 @@ class TrainingLoop(ABC):
     skippable_errors: tuple[type[BaseException], ...] = (NonFiniteLossError,)
 
     def __init__(self, config: RunConfig, total_steps: int, tokenizer=None):
-        from accelerate import Accelerator
-
         # Mixed precision is our own autocast (``autocast``), not Accelerate's: its process-wide state would
         # forbid an fp32 trainer and a bf16 one in the same process (SFT then a reward model, say).
-        self.accelerator = Accelerator()
+        self.accelerator = make_accelerator()
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         config.validate(self.world_size)
