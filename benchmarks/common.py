@@ -74,9 +74,9 @@ def peak_rss_mib(target: str, kwargs: dict, repeats: int = 2, timeout_s: float =
 
     ``target`` is ``"module:function"``; the function gets ``**kwargs`` in a fresh interpreter, does its
     warm-up and input creation, and returns the zero-argument call to measure (see ``_memprobe``).
-    Returns ``{"peak_mib": min, "samples_mib": [...], "method": ...}``.
+    Returns ``{"peak_mib": min, "samples_mib": [...], "method": ..., "readings": [raw JSON of each probe]}``.
     """
-    samples, methods = [], set()
+    samples, methods, readings = [], set(), []
     for _ in range(repeats):
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks._memprobe", target, json.dumps(kwargs)],
@@ -87,7 +87,9 @@ def peak_rss_mib(target: str, kwargs: dict, repeats: int = 2, timeout_s: float =
         reading = json.loads(proc.stdout.strip().splitlines()[-1])
         samples.append(reading["peak_kib"] / 1024.0)
         methods.add(reading["method"])
-    return {"peak_mib": min(samples), "samples_mib": samples, "method": "/".join(sorted(methods))}
+        readings.append(reading)
+    return {"peak_mib": min(samples), "samples_mib": samples, "method": "/".join(sorted(methods)),
+            "readings": readings}
 
 
 def cpu_snapshot() -> dict:

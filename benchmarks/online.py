@@ -17,23 +17,53 @@ and the sampler's only feed the ``sampler_logprob_drift`` diagnostic, so the bas
 
 A timed call is one iteration of the real loop, ``trainer.train(stop_after=step + 1)``: rollout (tokenize,
 generate, decode, score, policy / reference log-probs, values), advantages, update, KL controller, logging.
-The stage times come from the loop's own ``time/*_s`` metrics; the update is timed by wrapping the
-trainer's ``update`` in its ``timed("update")`` context (the loop does not time it itself). All five
-trainers are timed round-robin (``time_interleaved``); peak memory of one step (after a warm-up step, so
-the optimiser state exists) is measured in a fresh subprocess per trainer, as in the other suites.
+The stage times come from the loop's own ``time/*_s`` metrics (``time/update_s`` included; the refresh
+of the sampler's weights, ``time/sync_weights_s``, falls in "other"). All trainers are timed round-robin
+(``time_interleaved``); peak memory of one step (after a warm-up step, so the optimiser state exists) is
+measured in a fresh subprocess per trainer, as in the other suites.
+
+Mixed precision: ``rloo-bf16`` and ``ppo-bf16`` are ``rloo`` and ``ppo`` with ``mixed_precision="bf16"``
+(forwards under bf16 autocast, fp32 weights and optimiser; sampling from a bf16 copy of the policy that the
+loop refreshes after every update), timed in the same round-robin.
+
+LoRA memory: PPO on a larger model (Llama 8 layers, hidden 512, 8 heads, vocab 2048, fp32; same rollout
+shape), full vs ``lora=True, lora_r=8``. With LoRA the reference is the policy with its adapters disabled
+(no copy) and the critic is a LoRA'd copy of the base model (trunk frozen; adapters and value head
+trained), so the frozen weights carry no gradients or AdamW moments. Each is measured in a fresh
+subprocess (``peak_rss_mib``) after one warm-up step: "peak RSS" is the process's whole resident peak
+during the measured step (``VmHWM``: interpreter and libraries, weights, optimiser state, activations);
+the same peak less the resident size after the imports (before any model was built) is shown beside it.
+
+Data parallel: RLOO (4 prompts x 4 samples = 16 sequences per step, the same global batch) as
+2 processes x 1 thread (``torchrun --standalone --nproc_per_node 2``, gloo, ``OMP_NUM_THREADS=1``) against
+1 process x 2 threads (``OMP_NUM_THREADS=2``), both run by :mod:`benchmarks._online_ddp` in fresh
+subprocesses: one warm-up step, then the median of the timed steps.
+
+``--quick`` (a smoke test, not a measurement): 16 new tokens, 2 timed rounds, the LoRA memory row on the
+standard tiny model instead of hidden 512 x 8 layers, one timed data-parallel step.
 
 Targets (issue 5): the RLOO and GRPO steps at most 0.5x the baseline's step; the PPO step at most 2x the
 RLOO step.
+
+Targets (issue 13): the bf16 step at most 0.7x the fp32 step, for RLOO and for PPO; PPO's peak RSS with
+LoRA (r 8) at most 0.6x full PPO's (8 layers, hidden 512). Reported, no target: the step time of
+2 processes x 1 thread over 1 process x 2 threads.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import NOISY_FRACTION, Table, fmt, peak_rss_mib, time_interleaved
+from benchmarks.common import NOISY_FRACTION, REPO_ROOT, Table, _child_env, fmt, peak_rss_mib, time_interleaved
 
 PROMPT_LEN, NEW_TOKENS, SEQS = 32, 64, 16
 VOCAB_WORDS = 2044  # + <pad> <s> </s> <unk> = 2048, the tiny model's vocab
@@ -50,7 +80,20 @@ METHODS = {
     # information only: one pass over the rollout, one minibatch (the veRL / OpenRLHF default)
     "ppo-1epoch": ("ppo", {"prompts_per_step": 16, "samples_per_prompt": 1, "update_epochs": 1,
                            "num_minibatches": 1}, "alignkit"),
+    # issue 13: bf16 autocast + sampling from a bf16 copy of the policy
+    "rloo-bf16": ("reinforce", {"baseline": "loo", "prompts_per_step": 4, "samples_per_prompt": 4,
+                                "mixed_precision": "bf16"}, "alignkit"),
+    "ppo-bf16": ("ppo", {"prompts_per_step": 16, "samples_per_prompt": 1, "mixed_precision": "bf16"}, "alignkit"),
 }
+BF16_PAIRS = {"rloo": "rloo-bf16", "ppo": "ppo-bf16"}  # fp32 method -> its bf16 twin
+BF16_TARGET = 0.7
+# LoRA memory row: PPO on this larger model, full vs LoRA
+LORA_MODEL = {"hidden_size": 512, "num_layers": 8, "num_heads": 8}
+LORA_MODEL_QUICK = {}  # --quick: the standard tiny model (a smoke test of the row, not its measurement)
+LORA_OVERRIDES = {"lora": True, "lora_r": 8}
+LORA_TARGET = 0.6
+# data-parallel row: this method, 2 processes x 1 thread vs 1 process x 2 threads
+DDP_METHOD, DDP_PROCESSES = "rloo", 2
 # column -> the loop's metric; "other" (tokenize, decode, metrics, KL controller, logging) is the rest
 STAGES = {"generate": "time/generate_s", "score": "time/score_s", "policy_lp": "time/policy_logprobs_s",
           "ref_lp": "time/ref_logprobs_s", "values": "time/values_s", "advantages": "time/advantages_s",
@@ -119,34 +162,24 @@ def _prompts(seed: int = 0) -> list[str]:
             for _ in range(NUM_PROMPTS)]
 
 
-def _time_update(trainer) -> None:
-    """Make the loop record ``time/update_s``: run the trainer's ``update`` inside its ``timed`` context."""
-    inner = trainer.update
-
-    def update(rollout, batch):
-        with trainer.timed("update"):
-            return inner(rollout, batch)
-
-    trainer.update = update
-
-
-def build_trainer(method: str, new_tokens: int, out_dir: str, tokenizer=None, prompts=None):
+def build_trainer(method: str, new_tokens: int, out_dir: str, tokenizer=None, prompts=None,
+                  model_kwargs: dict | None = None, extra: dict | None = None):
+    """The trainer of ``METHODS[method]``; ``model_kwargs`` change the tiny Llama (default: the standard tiny
+    config), ``extra`` adds config overrides (e.g. ``lora``)."""
     from alignkit.models.tiny import build_tiny_llama
     from alignkit.rewards import contains
     from alignkit.trainers import PPOConfig, PPOTrainer, ReinforceConfig, ReinforceTrainer
 
     kind, overrides, sampler = METHODS[method]
     tokenizer = tokenizer or _tokenizer()
-    policy = build_tiny_llama(seed=0)
+    policy = build_tiny_llama(seed=0, **(model_kwargs or {}))
     config_cls, trainer_cls = (PPOConfig, PPOTrainer) if kind == "ppo" else (ReinforceConfig, ReinforceTrainer)
     config = config_cls(output_dir=out_dir, num_steps=1_000_000, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                        progress=False, tensorboard=False, **overrides)
+                        progress=False, tensorboard=False, **{**overrides, **(extra or {})})
     generator = None
     if sampler == "transformers":
         generator = TransformersGenerator(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    trainer = trainer_cls(config, policy, tokenizer, prompts or _prompts(), contains("w7"), generator=generator)
-    _time_update(trainer)
-    return trainer
+    return trainer_cls(config, policy, tokenizer, prompts or _prompts(), contains("w7"), generator=generator)
 
 
 def _step_fn(trainer):
@@ -158,6 +191,77 @@ def memory_probe(method: str, new_tokens: int = NEW_TOKENS):
     step = _step_fn(build_trainer(method, new_tokens, tempfile.mkdtemp()))
     step()
     return step
+
+
+def _rss_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def lora_memory_probe(lora: bool, new_tokens: int = NEW_TOKENS, quick: bool = False):
+    """For ``peak_rss_mib``: PPO on the LoRA row's model, full or LoRA; one warm-up step, then the step to
+    measure. The callable carries ``rss_imports_kib``, the resident size before any model was built."""
+    import peft  # noqa: F401 - imported before the baseline reading, like the rest
+    import transformers  # noqa: F401
+
+    import alignkit.trainers  # noqa: F401
+
+    tokenizer, prompts = _tokenizer(), _prompts()
+    before = _rss_kib()
+    trainer = build_trainer("ppo", new_tokens, tempfile.mkdtemp(), tokenizer, prompts,
+                            model_kwargs=LORA_MODEL_QUICK if quick else LORA_MODEL,
+                            extra=LORA_OVERRIDES if lora else None)
+    step = _step_fn(trainer)
+    step()
+
+    def measured():
+        return step()
+
+    measured.rss_imports_kib = before
+    return measured
+
+
+def _lora_memory(new_tokens: int, quick: bool = False) -> dict:
+    """Full vs LoRA PPO peak memory, each in a fresh subprocess; ``{"full": {...}, "lora": {...}}`` in MiB."""
+    out = {}
+    for name, lora in (("full", False), ("lora", True)):
+        mem = peak_rss_mib("benchmarks.online:lora_memory_probe",
+                           {"lora": lora, "new_tokens": new_tokens, "quick": quick}, repeats=1, timeout_s=600)
+        r = mem["readings"][0]
+        out[name] = {"peak_rss_mib": r["hwm_after_kib"] / 1024.0,
+                     "above_imports_mib": (r["hwm_after_kib"] - r["rss_imports_kib"]) / 1024.0,
+                     "step_peak_mib": mem["peak_mib"], "rss_before_step_mib": r["rss_before_kib"] / 1024.0,
+                     "rss_imports_mib": r["rss_imports_kib"] / 1024.0, "method": mem["method"]}
+    return out
+
+
+def _torchrun() -> str:
+    exe = Path(sys.executable).parent / "torchrun"
+    return str(exe) if exe.exists() else (shutil.which("torchrun") or "torchrun")
+
+
+def _ddp_run(processes: int, threads: int, new_tokens: int, steps: int, timeout_s: float = 900) -> dict:
+    """Seconds per RLOO step with ``processes`` x ``threads`` (a fresh ``_online_ddp`` run)."""
+    work = tempfile.mkdtemp()
+    result = os.path.join(work, "result.json")
+    args = json.dumps({"method": DDP_METHOD, "new_tokens": new_tokens, "steps": steps,
+                       "out_dir": os.path.join(work, "run"), "result": result})
+    env = {**_child_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    launch = ([_torchrun(), "--standalone", "--nproc_per_node", str(processes), "-m"] if processes > 1
+              else [sys.executable, "-m"])
+    proc = subprocess.run([*launch, "benchmarks._online_ddp", args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0 or not os.path.exists(result):
+        raise RuntimeError(f"{processes} x {threads} run failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
+    with open(result) as f:
+        out = json.load(f)
+    shutil.rmtree(work, ignore_errors=True)
+    return {**out, "median_s": statistics.median(out["step_times_s"]), "processes": processes,
+            "threads": threads}
 
 
 def run(quick: bool = False) -> dict:
@@ -198,12 +302,38 @@ def run(quick: bool = False) -> dict:
     targets.append({"target": "ppo-1epoch step / rloo step", "measured": ratio, "threshold": "-", "pass": None})
     gen = by[BASELINE]["stages_s"]["generate"] / by["rloo"]["stages_s"]["generate"]
     targets.append({"target": "generate stage: rloo-hf / rloo", "measured": gen, "threshold": "-", "pass": None})
+    del trainers  # free the suite's models before the subprocess measurements
+    # issue 13 (a): bf16 over fp32, same run
+    for fp32, bf16 in BF16_PAIRS.items():
+        ratio = by[bf16]["step_s"] / by[fp32]["step_s"]
+        targets.append({"target": f"{bf16} step / {fp32} step", "measured": ratio, "threshold": f"<= {BF16_TARGET}",
+                        "pass": ratio <= BF16_TARGET, "issue": 13})
+    # issue 13 (b): LoRA PPO peak memory over full PPO's, on the larger model
+    lora_memory = _lora_memory(new_tokens, quick)
+    ratio = lora_memory["lora"]["peak_rss_mib"] / lora_memory["full"]["peak_rss_mib"]
+    targets.append({"target": f"ppo lora peak RSS / ppo full ({'h256 4L, quick' if quick else 'h512 8L'})",
+                    "measured": ratio,
+                    "threshold": f"<= {LORA_TARGET}", "pass": ratio <= LORA_TARGET, "issue": 13})
+    ratio = lora_memory["lora"]["above_imports_mib"] / lora_memory["full"]["above_imports_mib"]
+    targets.append({"target": "  same, less the RSS after imports", "measured": ratio, "threshold": "-",
+                    "pass": None, "issue": 13})
+    # issue 13 (c): 2 processes x 1 thread over 1 process x 2 threads, same global batch
+    ddp_steps = 1 if quick else 5
+    ddp = {"1x2": _ddp_run(1, 2, new_tokens, ddp_steps), f"{DDP_PROCESSES}x1": _ddp_run(DDP_PROCESSES, 1, new_tokens,
+                                                                                      ddp_steps)}
+    ratio = ddp[f"{DDP_PROCESSES}x1"]["median_s"] / ddp["1x2"]["median_s"]
+    targets.append({"target": f"{DDP_METHOD}: {DDP_PROCESSES} proc x 1 thread / 1 proc x 2 threads",
+                    "measured": ratio, "threshold": "-", "pass": None, "issue": 13})
     ppo = {**METHODS["ppo"][1], "update_epochs": 4, "num_minibatches": 2}
     return {"config": {"model": "llama 4L h256 4 heads vocab 2048 fp32", "prompt_len": PROMPT_LEN,
                        "new_tokens": new_tokens, "sequences_per_step": SEQS, "repeats": repeats, "warmup": warmup,
                        "reward": "contains('w7')", "methods": {m: v[1] for m, v in METHODS.items()}, "ppo": ppo,
-                       "baseline_sampler_logprobs": "zeros (the rollout recomputes policy log-probs)"},
-            "rows": rows, "targets": targets}
+                       "baseline_sampler_logprobs": "zeros (the rollout recomputes policy log-probs)",
+                       "lora_memory": {"model": "llama " + ("4L h256 4 heads (quick)" if quick else "8L h512 8 heads")
+                                       + " vocab 2048 fp32", **LORA_OVERRIDES,
+                                       "trainer": "ppo"},
+                       "ddp": {"method": DDP_METHOD, "steps": ddp_steps, "warmup": 1, "backend": "gloo (CPU)"}},
+            "rows": rows, "targets": targets, "lora_memory": lora_memory, "ddp": ddp}
 
 
 def tables(result: dict) -> list[Table]:
@@ -215,7 +345,12 @@ def tables(result: dict) -> list[Table]:
                      fmt(r["step_s"], ".3f") + ("*" if (r["other_busy_fraction"] or 0) > NOISY_FRACTION else ""),
                      *(fmt(1000 * s[k], ".0f") for k in (*STAGES, "other")), fmt(r["peak_mib"], ".0f")])
     targets = [[t["target"], fmt(t["measured"], ".2f"), t["threshold"],
-                {True: "PASS", False: "FAIL", None: "(info)"}[t["pass"]]] for t in result["targets"]]
+                {True: "PASS", False: "FAIL", None: "(info)"}[t["pass"]], f"#{t.get('issue', 5)}"]
+               for t in result["targets"]]
+    memory = [[name, fmt(m["peak_rss_mib"], ".0f"), fmt(m["above_imports_mib"], ".0f"), fmt(m["step_peak_mib"], ".0f"),
+               fmt(m["rss_before_step_mib"], ".0f")] for name, m in result["lora_memory"].items()]
+    ddp = [[name, str(d["processes"]), str(d["threads"]), fmt(d["median_s"], ".3f"),
+            " ".join(fmt(t, ".3f") for t in d["step_times_s"])] for name, d in result["ddp"].items()]
     return [
         Table(f"Online RL steps: {cfg['sequences_per_step']} sequences of {cfg['prompt_len']} prompt + "
               f"{cfg['new_tokens']} new tokens per step (stage columns: median ms)",
@@ -224,5 +359,15 @@ def tables(result: dict) -> list[Table]:
               ["rloo-hf: the RLOO trainer sampling with transformers' model.generate (the baseline)",
                "update: policy optimiser step(s), PPO's critic included (4 epochs x 2 minibatches); other: tokenize, "
                "decode, metrics, logging", "* timings flagged: other processes used > 10% of the CPUs"]),
-        Table("Targets", ["target", "measured", "threshold", "result"], targets),
+        Table(f"PPO memory, full vs LoRA (r 8): {cfg['lora_memory']['model']} (MiB, fresh subprocess each)",
+              ["ppo", "peak RSS", "less imports", "step peak", "RSS before step"], memory,
+              ["peak RSS: the process's resident peak during one step after a warm-up step (VmHWM); less imports: "
+               "minus the RSS after the imports, before any model existed",
+               "step peak: the step's peak above what the process held before it; RSS before step: weights, "
+               "reference, critic, optimiser state"]),
+        Table(f"Data parallel, {cfg['ddp']['method']} ({cfg['sequences_per_step']} sequences per step in all)",
+              ["run", "processes", "threads each", "s/step", "step times"], ddp,
+              ["2x1: torchrun --standalone --nproc_per_node 2 (gloo); 1x2: one process; OMP_NUM_THREADS set to "
+               "the threads each"]),
+        Table("Targets", ["target", "measured", "threshold", "result", "issue"], targets),
     ]

@@ -80,9 +80,13 @@ def prepare_trainable(model: torch.nn.Module, config: RunConfig) -> torch.nn.Mod
     model or, for a wrapper such as ``RewardModel``, on its ``.model``; a module that has neither is an error.
     """
     if config.lora:
-        from ..models.lora import apply_lora
+        from ..models.heads import ScalarHeadModel
+        from ..models.lora import apply_lora, apply_lora_to_trunk
 
-        model = apply_lora(model, r=config.lora_r, alpha=config.lora_alpha)
+        if isinstance(model, ScalarHeadModel):  # reward model / critic: adapters on the trunk, the head in full
+            model = apply_lora_to_trunk(model, r=config.lora_r, alpha=config.lora_alpha)
+        else:
+            model = apply_lora(model, r=config.lora_r, alpha=config.lora_alpha)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
@@ -366,8 +370,13 @@ class Trainer(TrainingLoop):
                      summary=self.report_summary)
 
     def save_final(self, path: Path) -> None:
-        """Save the final model so that transformers' (or peft's) from_pretrained loads it."""
+        """Save the final model so that transformers' (or peft's) from_pretrained loads it (a scalar-head model
+        with LoRA on its trunk is saved with the adapters merged)."""
         model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "_lora_tuner"):
+            from ..models.lora import merged_trunk_copy
+
+            model = merged_trunk_copy(model)
         model.save_pretrained(str(path), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
