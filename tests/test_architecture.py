@@ -84,3 +84,28 @@ def test_classic_imports_with_transformers_blocked():
         "bad = [m for m in sys.modules if m.startswith('alignkit.') and m.split('.')[1] not in ('classic', 'core')]\n"
         "assert not bad, bad\n"
     )
+
+
+def test_no_trainer_config_field_is_declared_twice():
+    """One config root: a field a base config declares is never declared again by a subclass (another default
+    goes through ``with_defaults``, which keeps the base's declaration and help text)."""
+    import dataclasses
+
+    from alignkit.training.config import RunConfig, TrainConfig
+    from alignkit.trainers import (DPOConfig, OnlineConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig,
+                                   TRPOConfig)
+
+    classes = (RunConfig, TrainConfig, OnlineConfig, SFTConfig, RewardConfig, DPOConfig, ReinforceConfig, PPOConfig,
+               TRPOConfig)
+    for cls in classes:
+        overrides = set(cls.__dict__.get("__default_overrides__", ()))
+        own = set(cls.__dict__.get("__annotations__", {})) - overrides
+        for base in cls.__mro__[1:]:
+            if dataclasses.is_dataclass(base):
+                inherited = {f.name for f in dataclasses.fields(base)}
+                assert not own & inherited, (cls.__name__, base.__name__, sorted(own & inherited))
+        for name in overrides:  # an override keeps the base field's help text
+            assert dataclasses.fields(cls)[[f.name for f in dataclasses.fields(cls)].index(name)].metadata["help"]
+    for name in ("lora", "mixed_precision", "gradient_checkpointing", "seed", "learning_rate", "save_steps"):
+        assert {f.name for f in dataclasses.fields(OnlineConfig)} >= {name}
+        assert name in RunConfig.__annotations__
