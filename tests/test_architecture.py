@@ -91,9 +91,16 @@ def test_no_trainer_config_field_is_declared_twice():
     goes through ``with_defaults``, which keeps the base's declaration and help text)."""
     import dataclasses
 
+    from alignkit.trainers import (
+        DPOConfig,
+        OnlineConfig,
+        PPOConfig,
+        ReinforceConfig,
+        RewardConfig,
+        SFTConfig,
+        TRPOConfig,
+    )
     from alignkit.training.config import RunConfig, TrainConfig
-    from alignkit.trainers import (DPOConfig, OnlineConfig, PPOConfig, ReinforceConfig, RewardConfig, SFTConfig,
-                                   TRPOConfig)
 
     classes = (RunConfig, TrainConfig, OnlineConfig, SFTConfig, RewardConfig, DPOConfig, ReinforceConfig, PPOConfig,
                TRPOConfig)

@@ -515,17 +515,22 @@ def _bon(config, policy, tok, prompts: list[str], reward, columns: dict) -> None
 
     from .generation import KVCacheGenerator
     from .trainers import best_of_n
+    from .training.loop import make_accelerator
     from .training.report import append_samples, write_report
 
-    engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
-    result = best_of_n(prompts, tok, engine, reward, config, columns=columns)
-    summary = result.summary()
-    out = Path(config.output_dir)
-    result.write_jsonl(out / "best_of_n.jsonl")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    append_samples(out, 0, result.to_sft_rows()[:8])
-    write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=summary)
+    accelerator = make_accelerator()  # several processes: each samples and scores a share of the prompts
+    engine = KVCacheGenerator(policy.to(accelerator.device), tok.eos_token_id, tok.pad_token_id)
+    result = best_of_n(prompts, tok, engine, reward, config, columns=columns, rank=accelerator.process_index,
+                       world_size=accelerator.num_processes)
+    if accelerator.is_main_process:
+        summary = result.summary()
+        out = Path(config.output_dir)
+        result.write_jsonl(out / "best_of_n.jsonl")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        append_samples(out, 0, result.to_sft_rows()[:8])
+        write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=summary)
+    accelerator.wait_for_everyone()  # no process leaves (and tears the process group down) before the writes
 
 
 def _report(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ python -m tests.train.run_online OUT_JSON OUTPUT_ROOT KIND[,KIND...] [--steps N]
 
 KIND: reinforce-<baseline> (none, batch, prompt, loo, grpo, grpo-noscale), reinforce-multi (batch baseline,
 two minibatches x two micro-batches: the off-policy clipped surrogate), ppo (separate critic, adaptive KL,
-two minibatches x two micro-batches), ppo-shared (value head on the policy's trunk), trpo.
+two minibatches x two micro-batches), ppo-shared (value head on the policy's trunk), trpo, bon (Best-of-N
+output: every candidate, the chosen completions, the scores and the summary).
 Writes (rank 0) {kind: {"history": [...], "tokens": [[...] per step], "params": {name: flat list}}}.
 """
 
@@ -45,7 +46,25 @@ def build(kind: str, output_dir: str, args, tok):
     raise SystemExit(f"unknown kind {kind!r}")
 
 
+def run_best_of_n(tok, prompts):
+    """Best-of-N (n 3, the win-rate sample too) over the processes' shares of 10 prompts (not divisible)."""
+    from alignkit.generation import KVCacheGenerator
+    from alignkit.trainers import BestOfNConfig, best_of_n
+    from alignkit.training.loop import make_accelerator
+
+    accelerator = make_accelerator()
+    torch.manual_seed(0)
+    engine = KVCacheGenerator(tasks.model(tok), tok.eos_token_id, tok.pad_token_id)
+    result = best_of_n(prompts[:10], tok, engine, contains("good"), BestOfNConfig(n=3, max_new_tokens=4, batch_size=2),
+                       rank=accelerator.process_index, world_size=accelerator.num_processes)
+    return {"history": [result.summary()], "tokens": [result.all_completions, result.completions],
+            "params": {"all_scores": result.all_scores.flatten().tolist()},
+            "rank0": accelerator.is_main_process, "world_size": accelerator.num_processes}
+
+
 def run(kind: str, output_dir: str, args, tok, prompts):
+    if kind == "bon":
+        return run_best_of_n(tok, prompts)
     trainer_cls, cfg = build(kind, output_dir, args, tok)
     torch.manual_seed(0)  # the same initial weights (and LoRA init) on every process
     trainer = trainer_cls(cfg, tasks.model(tok), tok, prompts, contains("good"))
@@ -91,6 +110,8 @@ def main():
         results[kind] = out
     if rank0:
         Path(args.out).write_text(json.dumps(results))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # nobody tears the process group down while rank 0 writes
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ def test_keeps_the_best_first_on_ties_and_passes_columns(tok):
     prompts = ["w5 w6", "w7", "w8 w9 w10"]
     result = best_of_n(prompts, tok, gen, reward, BestOfNConfig(n=4, batch_size=2), columns={"bonus": [0, 10, 0]})
     assert [c for c, _ in gen.calls] == [2, 1] and all(s.n == 5 for _, s in gen.calls)
-    assert gen.calls[0][1].seed != gen.calls[1][1].seed  # each generate call has its own noise
+    # each generate call has its own noise: keyed by the global index of its first prompt
+    assert [s.first_prompt_index for _, s in gen.calls] == [0, 2]
     assert seen["bonus"] == [0] * 5 + [10] * 5 + [0] * 5  # per-prompt column repeated per sample
     assert result.completions == ["w2"] * 3
     assert result.best_index.tolist() == [1, 1, 1]  # w2 twice: the first of the tied pair

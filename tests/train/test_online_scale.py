@@ -21,7 +21,7 @@ from . import tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KINDS = ("reinforce-none", "reinforce-batch", "reinforce-prompt", "reinforce-loo", "reinforce-grpo",
-         "reinforce-multi", "ppo", "ppo-shared", "trpo")
+         "reinforce-multi", "ppo", "ppo-shared", "trpo", "bon")
 
 
 def _run(args, processes: int = 1, port: int = 29561):
@@ -67,7 +67,7 @@ def test_two_processes_equal_one_process_for_every_online_trainer(tmp_path):
         assert (one[kind]["world_size"], two[kind]["world_size"]) == (1, 2)  # really two processes
         _assert_same_run(one[kind], two[kind], kind)
         keys = one[kind]["history"][-1]
-        assert "kl" in keys and ("policy_loss" in keys or "trpo/kl" in keys)
+        assert kind == "bon" or ("kl" in keys and ("policy_loss" in keys or "trpo/kl" in keys))
     assert one["ppo"]["history"][-1]["kl_coef"] != 0.1  # the adaptive controller moved, on the global KL
 
 
@@ -230,3 +230,20 @@ def test_gradient_checkpointing_gives_the_same_losses_and_weights(tok, prompts, 
             assert a[key] == pytest.approx(b[key], abs=1e-6), (key, a["step"])
     for pa, pb in zip(policy_a.parameters(), policy_b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_lora_ppo_and_grpo_learn_the_marker_task(tok, prompts, tmp_path, method):
+    # hidden 128: on the hidden-32 model of the other learning tests the task is learnt by moving the tied
+    # "good" embedding, which LoRA (all linear layers but the head) cannot do (measured: stuck near 0.2 at lr
+    # 3e-3..1e-1); here, measured: PPO 0.12 -> 0.74 and GRPO 0.12 -> 0.73 (mean of steps 36-40)
+    model = tasks.model(tok, hidden=128)
+    lora = dict(num_steps=40, lora=True, lora_r=16, lora_alpha=32, learning_rate=1e-2)
+    if method == "ppo":
+        trainer = PPOTrainer(_cfg(PPOConfig, tmp_path, **lora), model, tok, prompts, contains("good"))
+    else:
+        trainer = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, baseline="grpo", **lora), model, tok, prompts,
+                                   contains("good"))
+    h = trainer.train()
+    assert h[0]["score"] < 0.35 and _mean(h, "score") > 0.55, [round(x["score"], 2) for x in h]

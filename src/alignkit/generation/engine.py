@@ -22,7 +22,6 @@ Prompts are left-padded; position ids count real tokens only, so padding does no
 from __future__ import annotations
 
 import copy
-
 import time
 
 import torch

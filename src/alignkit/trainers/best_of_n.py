@@ -18,8 +18,11 @@ Variant (seed 003 "Best-of-N policy"; Stiennon et al. 2020, appendix; Nakano et 
   * **KL**: KL(pi_bon || pi) <= log n - (n-1)/n (:func:`kl_bound`; Stiennon et al. 2020 give it as the KL
     for continuous rewards; Beirami et al. 2024 prove it is an upper bound that holds with equality only
     when no completion has appreciable probability, i.e. no ties; with ties the true KL is smaller);
-  * sampling noise is seeded per generate call (seed, batch index), so the samples depend on
-    ``batch_size``; reproducible for a fixed config.
+  * sampling noise is keyed by (seed, global prompt index, sample index) (``SamplingParams.
+    first_prompt_index``), so the samples depend neither on ``batch_size`` nor on the number of processes;
+  * several processes (``accelerate launch`` / ``torchrun``; ``rank`` and ``world_size``): each samples and
+    scores a contiguous share of the prompts, and the shares are gathered, so every process returns the
+    result one process would.
 
 Stages, timed in ``BestOfNResult.stats`` as in :mod:`alignkit.rollout`: tokenize -> generate -> decode ->
 score -> select.
@@ -107,8 +110,9 @@ class BestOfNConfig:
         """n, plus the independent sample when the win rate is measured."""
         return self.n + int(self.measure_win_rate)
 
-    def sampling_params(self, batch_index: int) -> SamplingParams:
-        """The sampling parameters of generate call ``batch_index`` (its own seed: calls never share noise)."""
+    def sampling_params(self, first_prompt_index: int) -> SamplingParams:
+        """The sampling parameters of a generate call whose first prompt has this global index (its rows' noise
+        is keyed by (seed, global prompt index, sample index): calls never share noise)."""
         return SamplingParams(
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens,
@@ -116,7 +120,8 @@ class BestOfNConfig:
             top_k=self.top_k,
             top_p=self.top_p,
             n=self.samples_per_prompt,
-            seed=self.seed * 1_000_003 + batch_index,
+            seed=self.seed,
+            first_prompt_index=first_prompt_index,
         )
 
 
@@ -238,6 +243,8 @@ def best_of_n(
     reward_fn: Callable[..., Sequence[float]],
     config: BestOfNConfig,
     columns: dict[str, Sequence] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> BestOfNResult:
     """Sample ``config.n`` completions per prompt, score them and keep the best (module docstring).
 
@@ -250,8 +257,11 @@ def best_of_n(
             index of the prompt in ``prompts``.
         config: :class:`BestOfNConfig`.
         columns: extra per-prompt dataset columns (lists of length P), repeated per sample for the reward.
+        rank, world_size: this process and the number of processes (an initialised ``torch.distributed``
+            group when > 1): each samples and scores prompts ``[rank * k, (rank + 1) * k)`` with k = ceil(P / N),
+            and every process gets the whole result.
     Returns:
-        :class:`BestOfNResult`; the SFT rows are also written to ``config.output_path`` when it is set.
+        :class:`BestOfNResult`; the SFT rows are also written to ``config.output_path`` (by rank 0) when set.
     """
     prompts = list(prompts)
     if not prompts:
@@ -272,11 +282,15 @@ def best_of_n(
     stats["prompts_truncated"] = float(n_truncated)
     t = _lap(stats, "time/tokenize_s", t)
 
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    share = -(-len(prompts) // world_size)
+    mine = range(rank * share, min((rank + 1) * share, len(prompts)))
     texts: list[list[str]] = []  # [P][m]
     scores, finished = [], []  # [b, m] per batch
-    for b, start in enumerate(range(0, len(prompts), config.batch_size)):
-        rows = list(range(start, min(start + config.batch_size, len(prompts))))
-        comp = generator.generate([prompt_ids[i] for i in rows], config.sampling_params(b))
+    for start in range(mine.start, mine.stop, config.batch_size):
+        rows = list(range(start, min(start + config.batch_size, mine.stop)))
+        comp = generator.generate([prompt_ids[i] for i in rows], config.sampling_params(start))
         t = _lap(stats, "time/generate_s", t)
         if comp.response_ids.shape[0] != len(rows) * m:
             raise ValueError(f"the generator returned {comp.response_ids.shape[0]} completions for {len(rows)} "
@@ -293,8 +307,16 @@ def best_of_n(
         finished.append(comp.finished.cpu().bool().view(len(rows), m))
         t = _lap(stats, "time/score_s", t)
 
-    all_scores_m = torch.cat(scores)  # [P, m]
-    finished_m = torch.cat(finished)  # [P, m]
+    all_scores_m = torch.cat(scores) if scores else torch.zeros(0, m)  # [P (this share), m]
+    finished_m = torch.cat(finished) if finished else torch.zeros(0, m, dtype=torch.bool)
+    if world_size > 1:
+        parts: list = [None] * world_size
+        torch.distributed.all_gather_object(parts, (texts, all_scores_m, finished_m, stats))
+        texts = [row for part in parts for row in part[0]]
+        all_scores_m = torch.cat([part[1] for part in parts])
+        finished_m = torch.cat([part[2] for part in parts])
+        for key in stats:  # the slowest process's time per stage
+            stats[key] = max(part[3][key] for part in parts)
     candidates = all_scores_m[:, :n]
     best = candidates.argmax(dim=1)  # torch.argmax returns the first maximal index: ties go to the first
     rows_p = torch.arange(len(prompts))
@@ -312,7 +334,7 @@ def best_of_n(
         stats=stats,
     )
     _lap(stats, "time/select_s", t)
-    if config.output_path:
+    if config.output_path and rank == 0:
         result.write_jsonl(config.output_path)
     return result
 

@@ -219,9 +219,11 @@ class OnlineTrainer(TrainingLoop):
     # ------------------------------------------------------------------------------------ hooks
     def setup_critic(self, base_policy: torch.nn.Module) -> None:
         """Build a separate critic from the plain (pre-LoRA) policy; default none."""
+        return None
 
     def prepare_critic(self) -> None:
         """Wrap the critic (and its optimiser) for distribution; default none."""
+        return None
 
     def trained_module(self) -> torch.nn.Module:
         """The module the main optimiser trains (default the policy; PPO's shared trunk: policy + head)."""

@@ -12,7 +12,6 @@ Configs hold plain values only (numbers, strings, paths): nothing in them is eve
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, fields
 
 MIXED_PRECISION = ("no", "bf16")

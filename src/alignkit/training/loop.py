@@ -168,12 +168,15 @@ class TrainingLoop(ABC):
 
     def on_train_start(self) -> None:
         """Called once before the first step (after a resume)."""
+        return None
 
     def on_step_end(self) -> None:
         """Called after each step is logged (e.g. periodic evaluation)."""
+        return None
 
     def on_train_end(self) -> None:
         """Called after the last step, before the final save (e.g. a last evaluation)."""
+        return None
 
     def on_skipped_step(self) -> None:
         """Drop whatever a failed step left behind (default: every optimiser's gradients)."""
@@ -268,6 +271,7 @@ class TrainingLoop(ABC):
             self.logger.advance()
             if stop_after is not None and self.step >= stop_after:
                 self.logger.close()
+                self.accelerator.wait_for_everyone()
                 return self.history
         self.on_train_end()
         self.accelerator.wait_for_everyone()
@@ -276,10 +280,12 @@ class TrainingLoop(ABC):
         self.logger.close()
         if self.accelerator.is_main_process:
             self.write_report()
+        self.accelerator.wait_for_everyone()  # no process tears the process group down while another writes
         return self.history
 
     def on_logged_step(self) -> None:
         """Called on logged steps, after the metrics are written (e.g. the step's sample completions)."""
+        return None
 
     def _save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
