@@ -30,8 +30,8 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     """Logits ``[B, T, V]``, or ``[B, keep_last, V]`` for the last ``keep_last`` positions when it is > 0.
 
     The model computes only those positions when its forward takes ``logits_to_keep`` (for a peft model, its
-    base model's is checked; for a DDP / FSDP wrapper, its module's); otherwise the full logits are computed and sliced. The values are the same
-    either way: the head is applied position by position.
+    base model's is checked; for a DDP / FSDP wrapper, its module's); otherwise the full logits are computed
+    and sliced. The values are the same either way: the head is applied position by position.
     """
     base = getattr(model, "module", model)  # a DDP / FSDP wrapper: its module's forward is what runs
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
