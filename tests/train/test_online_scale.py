@@ -247,3 +247,34 @@ def test_lora_ppo_and_grpo_learn_the_marker_task(tok, prompts, tmp_path, method)
                                    contains("good"))
     h = trainer.train()
     assert h[0]["score"] < 0.35 and _mean(h, "score") > 0.55, [round(x["score"], 2) for x in h]
+
+
+def test_an_engine_with_its_own_weights_samples_from_them_until_refreshed():
+    # the sampler's own copy (bf16 sampling; FSDP / ZeRO-3, whose parameters are whole only while gathered) is
+    # refreshed by name by Generator.update_weights, FSDP's wrapper names included; a model that lacks its
+    # tensors is an error, not a silent half-copy
+    tok = tasks.tokenizer()
+    policy = tasks.model(tok)
+    engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id, own_weights=True)
+    prompts = [tok(p)["input_ids"] for p in ("the cat sat", "a dog")]
+    greedy = SamplingParams(max_new_tokens=5, greedy=True)
+    before = engine.generate(prompts, greedy).response_ids
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p))  # a large update the copy has not seen yet
+    assert torch.equal(engine.generate(prompts, greedy).response_ids, before)
+
+    class FSDPNames(torch.nn.Module):  # parameters named as under FSDP's summon_full_params
+        def __init__(self, module):
+            super().__init__()
+            self._fsdp_wrapped_module = module
+
+    engine.update_weights(FSDPNames(policy))
+    fresh = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(prompts, greedy).response_ids
+    assert torch.equal(engine.generate(prompts, greedy).response_ids, fresh)
+    assert not torch.equal(fresh, before)
+    with pytest.raises(ValueError, match="update_weights"):
+        engine.update_weights(torch.nn.Linear(2, 2))
+    bf16 = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id, weights_dtype=torch.bfloat16)
+    assert bf16.owns_weights and next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert not KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id, weights_dtype=torch.float32).owns_weights
