@@ -274,30 +274,46 @@ def test_classic_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, c
 
 
 @pytest.mark.slow
-def test_accelerate_launch_runs_the_same_cli_on_two_processes(tiny_dir, tmp_path):
-    """Scaling out is `accelerate launch ... -m alignkit.cli <command>`: two CPU processes (gloo) give the losses
-    of one process, and only the main process writes the run directory."""
+@pytest.mark.parametrize("command", ["sft", "ppo"])
+def test_accelerate_launch_runs_the_same_cli_on_two_processes(command, tiny_dir, tmp_path):
+    """Scaling out is `accelerate launch --multi_gpu --num_processes 2 ... -m alignkit.cli <command>` (on CPUs,
+    accelerate's `--cpu` launches one process; `--multi_gpu` is its torchrun launcher, and alignkit picks gloo):
+    two processes give the losses of one process, and only the main process writes the run directory."""
     import os
 
     accelerate = Path(sys.executable).parent / "accelerate"
-    args = [f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "batch_size=4", "max_steps=3",
-            "max_length=32", "progress=false", "tensorboard=false"]
-    assert main(["sft", *args, f"output_dir={tmp_path / 'one'}"]) == 0
+    if command == "sft":
+        args = [f"train_file={tiny_dir / 'sft.jsonl'}", "batch_size=4", "max_steps=3", "max_length=32"]
+        key = "loss"
+    else:
+        args = [f"prompts_file={tiny_dir / 'prompts.jsonl'}", "reward_fn=tests.train.tasks:has_good", "num_steps=3",
+                "prompts_per_step=4", "samples_per_prompt=2", "max_new_tokens=4", "kl_coef=0.1", "lora=true",
+                "gradient_checkpointing=true"]  # fp32: bf16 rounding depends on the batch's padded shapes
+        key = "policy_loss"
+    args = [f"model={tiny_dir / 'model'}", *args, "progress=false", "tensorboard=false"]
+    assert main([command, *args, f"output_dir={tmp_path / 'one'}"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    launch = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-              "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m", "alignkit.cli", "sft"]
+    launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m",
+              "alignkit.cli", command]
     done = subprocess.run([*launch, *args, f"output_dir={tmp_path / 'two'}"], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    def losses(run):
-        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r]
+    def run(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        processes = json.loads((tmp_path / name / "config.json").read_text())["processes"]
+        return [r[key] for r in rows if key in r], processes
 
-    assert len(losses("two")) == 3
-    assert losses("two") == pytest.approx(losses("one"), abs=1e-5)
-    assert (tmp_path / "two" / "final" / "config.json").is_file()
+    (one, one_procs), (two, two_procs) = run("one"), run("two")
+    assert (one_procs, two_procs) == (1, 2) and len(two) == 3
+    assert two == pytest.approx(one, abs=1e-5)
+    assert (tmp_path / "two" / "final").is_dir()
     assert_report_references_only_existing_files(tmp_path / "two")
+    bad = subprocess.run([*launch, *args, "prompts_per_step=3" if command == "ppo" else "batch_size=3",
+                          f"output_dir={tmp_path / 'bad'}"], env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert bad.returncode != 0 and "processes" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow
@@ -329,3 +345,11 @@ def test_online_reward_sources_are_exclusive(args, message, tiny_dir, tmp_path, 
                  f"output_dir={tmp_path / 'x'}"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["reinforce", "ppo", "trpo", "sft", "reward", "dpo"])
+def test_every_trainer_takes_lora_precision_and_checkpointing_switches(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("lora", "lora_r", "mixed_precision", "gradient_checkpointing", "on_nonfinite"):
+        assert f"\n  {key}=" in text, (command, key)

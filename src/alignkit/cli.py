@@ -287,10 +287,21 @@ def parse_config(command: str, argv: list[str]):
         config = cls(**resolved)
         _check_required(command, config)
         if hasattr(config, "validate"):
-            config.validate()
+            _validate(config)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return config
+
+
+def _validate(config) -> None:
+    """``config.validate``, with the number of processes of this launch (``torchrun`` / ``accelerate launch``
+    set WORLD_SIZE) where it takes one, so an impossible split fails here, before anything is written."""
+    import inspect
+
+    if "world_size" in inspect.signature(config.validate).parameters:
+        config.validate(world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    else:
+        config.validate()
 
 
 def _read_preset(command: str, path: str) -> dict:

@@ -130,6 +130,7 @@ class TrainingLoop(ABC):
         # Mixed precision is our own autocast (``autocast``), not Accelerate's: its process-wide state would
         # forbid an fp32 trainer and a bf16 one in the same process (SFT then a reward model, say).
         self.accelerator = make_accelerator()
+        seed_everything(config.seed)  # new parameters (LoRA adapters, heads) start alike on every process and run
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         config.validate(self.world_size)
@@ -245,7 +246,8 @@ class TrainingLoop(ABC):
             self.logger.advance(self.step)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps({"trainer": self.name, **cfg.to_dict()}, indent=2))
+            (self.run_dir / "config.json").write_text(json.dumps(
+                {"trainer": self.name, "processes": self.world_size, **cfg.to_dict()}, indent=2))
         self.on_train_start()
         while self.step < self.total_steps:
             try:
