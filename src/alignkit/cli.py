@@ -503,13 +503,17 @@ def _rlaif(config, policy, tok, prompts: list[str]) -> None:
     from .models import RewardModel
     from .trainers import DPOConfig, RewardConfig
     from .trainers.rlaif import RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
+    from .training.loop import make_accelerator
 
     out = Path(config.output_dir)
-    engine = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
-    labels = label_pairs_with_judge(prompts, tok, engine, _judge(config), _project(config, RLAIFConfig))
-    labels.write_jsonl(out / "ai_labels.jsonl")
-    (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
-    print(json.dumps(labels.counts, indent=2))
+    accelerator = make_accelerator()  # several processes: each samples and judges a share of the pairs
+    engine = KVCacheGenerator(policy.to(accelerator.device), tok.eos_token_id, tok.pad_token_id)
+    labels = label_pairs_with_judge(prompts, tok, engine, _judge(config), _project(config, RLAIFConfig),
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes)
+    if accelerator.is_main_process:
+        labels.write_jsonl(out / "ai_labels.jsonl")
+        (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
+        print(json.dumps(labels.counts, indent=2))
     if config.rlaif_method == "reward":
         model = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id)
         train_config = _project(config, RewardConfig)

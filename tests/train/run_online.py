@@ -6,7 +6,7 @@ python -m tests.train.run_online OUT_JSON OUTPUT_ROOT KIND[,KIND...] [--steps N]
 KIND: reinforce-<baseline> (none, batch, prompt, loo, grpo, grpo-noscale), reinforce-multi (batch baseline,
 two minibatches x two micro-batches: the off-policy clipped surrogate), ppo (separate critic, adaptive KL,
 two minibatches x two micro-batches), ppo-shared (value head on the policy's trunk), trpo, bon (Best-of-N
-output: every candidate, the chosen completions, the scores and the summary).
+output: every candidate, the chosen completions, the scores and the summary), rlaif (AI-labelled pairs).
 Writes (rank 0) {kind: {"history": [...], "tokens": [[...] per step], "params": {name: flat list}}}.
 """
 
@@ -62,9 +62,29 @@ def run_best_of_n(tok, prompts):
             "rank0": accelerator.is_main_process, "world_size": accelerator.num_processes}
 
 
+def run_rlaif_labels(tok, prompts):
+    """RLAIF labelling (2 pairs per prompt, redraws of identical pairs, a rule judge) over 7 prompts."""
+    from alignkit.generation import KVCacheGenerator
+    from alignkit.trainers import RLAIFConfig, label_pairs_with_judge
+    from alignkit.training.loop import make_accelerator
+
+    accelerator = make_accelerator()
+    torch.manual_seed(0)
+    engine = KVCacheGenerator(tasks.model(tok), tok.eos_token_id, tok.pad_token_id)
+    config = RLAIFConfig(samples_per_prompt=4, max_new_tokens=1, temperature=0.5, generation_batch_size=3,
+                         judge_batch_size=2)  # one token at T 0.5: identical pairs, redrawn
+    labels = label_pairs_with_judge(prompts[:7], tok, engine, tasks.GoodWordJudge(), config,
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes)
+    counts = {k: float(v) for k, v in labels.counts.items()}
+    return {"history": [counts], "tokens": [labels.rows, labels.dropped], "params": {},
+            "rank0": accelerator.is_main_process, "world_size": accelerator.num_processes}
+
+
 def run(kind: str, output_dir: str, args, tok, prompts):
     if kind == "bon":
         return run_best_of_n(tok, prompts)
+    if kind == "rlaif":
+        return run_rlaif_labels(tok, prompts)
     trainer_cls, cfg = build(kind, output_dir, args, tok)
     torch.manual_seed(0)  # the same initial weights (and LoRA init) on every process
     trainer = trainer_cls(cfg, tasks.model(tok), tok, prompts, contains("good"))

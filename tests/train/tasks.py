@@ -66,3 +66,15 @@ class GoodWordJudge:
             return sum(w in GOOD for w in words) + 0.25 * len(words)
 
         return [1.0 / (1.0 + math.exp(score(b) - score(a))) for a, b in zip(responses_a, responses_b, strict=True)]
+
+
+def online_config(cls, output_dir, **overrides):
+    """The online learning tests' config: 30 steps of 8 prompts x 4 samples of 4 tokens, lr 1e-2, no KL."""
+    base = dict(output_dir=str(output_dir), num_steps=30, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=4,
+                learning_rate=1e-2, kl_coef=0.0, kl_penalty="none", progress=False, tensorboard=False)
+    return cls(**{**base, **overrides})
+
+
+def mean_of_last(history, key, last=5):
+    """Mean of ``key`` over the last ``last`` steps of a trainer's history."""
+    return sum(h[key] for h in history[-last:]) / last

@@ -14,25 +14,8 @@ from alignkit.trainers.reinforce import ReinforceConfig, ReinforceTrainer
 
 from . import tasks
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return tasks.tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return [r["prompt"] for r in tasks.sft_rows(64)]
-
-
-def _cfg(cls, tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), num_steps=30, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=4,
-                learning_rate=1e-2, kl_coef=0.0, kl_penalty="none", progress=False, tensorboard=False)
-    return cls(**{**base, **kw})
-
-
-def _mean(history, key, last=5):
-    return sum(h[key] for h in history[-last:]) / last
+_cfg = tasks.online_config
+_mean = tasks.mean_of_last
 
 
 # Reward 1 when the 4-token completion contains "good": ~0.16 under the initial tiny policy (1 of 31 tokens).

@@ -21,7 +21,8 @@ from . import tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KINDS = ("reinforce-none", "reinforce-batch", "reinforce-prompt", "reinforce-loo", "reinforce-grpo",
-         "reinforce-multi", "ppo", "ppo-shared", "trpo", "bon")
+         "reinforce-multi", "ppo", "ppo-shared", "trpo", "bon",
+         "rlaif")
 
 
 def _run(args, processes: int = 1, port: int = 29561):
@@ -67,7 +68,7 @@ def test_two_processes_equal_one_process_for_every_online_trainer(tmp_path):
         assert (one[kind]["world_size"], two[kind]["world_size"]) == (1, 2)  # really two processes
         _assert_same_run(one[kind], two[kind], kind)
         keys = one[kind]["history"][-1]
-        assert kind == "bon" or ("kl" in keys and ("policy_loss" in keys or "trpo/kl" in keys))
+        assert kind in ("bon", "rlaif") or ("kl" in keys and ("policy_loss" in keys or "trpo/kl" in keys))
     assert one["ppo"]["history"][-1]["kl_coef"] != 0.1  # the adaptive controller moved, on the global KL
 
 
@@ -108,24 +109,8 @@ def test_sampling_noise_is_keyed_by_global_prompt_and_sample_index():
     assert not torch.equal(other.response_ids, parts[1].response_ids)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tasks.tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return [r["prompt"] for r in tasks.sft_rows(64)]
-
-
-def _cfg(cls, tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), num_steps=30, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=4,
-                learning_rate=1e-2, kl_coef=0.0, kl_penalty="none", progress=False, tensorboard=False)
-    return cls(**{**base, **kw})
-
-
-def _mean(history, key, last=5):
-    return sum(h[key] for h in history[-last:]) / last
+_cfg = tasks.online_config
+_mean = tasks.mean_of_last
 
 
 def test_no_reference_is_built_or_run_when_the_kl_penalty_is_off(tok, prompts, tmp_path):

@@ -170,7 +170,7 @@ class ScriptedGenerator:
 
     def generate(self, prompts, sampling):
         assert sampling.n == 2
-        self.calls.append(sampling.seed)
+        self.calls.append((sampling.seed, sampling.prompt_keys))
         texts = []
         for ids in prompts:
             texts += self.script[self.tok.decode(ids, skip_special_tokens=True)].pop(0)
@@ -213,7 +213,10 @@ def test_identical_and_blank_pairs_are_redrawn_then_dropped_and_counted(tok):
                              "dropped_empty": 1, "dropped_low_confidence": 0, "resampled": 1 + 2 + 2,
                              "mean_confidence": pytest.approx(0.75)}
     assert all(not v for v in gen.script.values())  # every scripted draw was used, none more
-    assert len(gen.calls) == 2 + 2 + 1 and len(set(gen.calls)) == 5  # a fresh seed for every call
+    assert len(gen.calls) == 2 + 2 + 1
+    # every (draw, pair) has its own noise: the seed changes with the draw, the key is the pair's index
+    keys = [(seed, key) for seed, keys in gen.calls for key in keys]
+    assert len(keys) == 4 + 3 + 2 == len(set(keys)) and [k for _, k in keys[:4]] == [0, 1, 2, 3]
     assert judge.asked == 2  # only usable pairs reach the judge
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in labels.rows] == [
         ("the cat", "good dog", "dog"), ("on rug", "good ran", "ran")]

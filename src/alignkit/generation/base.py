@@ -35,6 +35,8 @@ class SamplingParams:
             (prompt i, sample j) comes from its own stream keyed by (seed, first_prompt_index + i, j)
             (:func:`sampling_uniforms`), so a process that samples a share of a batch's prompts draws
             exactly what one process sampling the whole batch draws for them.
+        prompt_keys: instead of ``first_prompt_index + i``, the key of each prompt of the call (one int per
+            prompt), for callers whose prompts are not a contiguous range (e.g. redraws of some pairs).
     """
 
     max_new_tokens: int = 64
@@ -46,6 +48,7 @@ class SamplingParams:
     seed: int | None = None
     greedy: bool = False
     first_prompt_index: int = 0
+    prompt_keys: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -170,7 +173,7 @@ def sampling_uniforms(sampling: SamplingParams, group_ids: torch.Tensor, steps: 
 
     Args:
         sampling: the call's parameters (``n`` rows per prompt, prompt-major).
-        group_ids: ``[N]`` local prompt index of each row.
+        group_ids: ``[N]`` local prompt index of each row (its key: ``sampling.prompt_keys[i]`` if given).
         steps: at most ``max_new_tokens``.
     """
     n_rows = group_ids.shape[0]
@@ -179,7 +182,8 @@ def sampling_uniforms(sampling: SamplingParams, group_ids: torch.Tensor, steps: 
     out = torch.empty((n_rows, steps), dtype=torch.float64)
     gen = torch.Generator()
     for r, prompt in enumerate(group_ids.tolist()):
-        gen.manual_seed(row_stream_seed(sampling.seed, sampling.first_prompt_index + prompt, r % sampling.n))
+        key = sampling.prompt_keys[prompt] if sampling.prompt_keys is not None else sampling.first_prompt_index + prompt
+        gen.manual_seed(row_stream_seed(sampling.seed, key, r % sampling.n))
         out[r] = torch.rand(steps, generator=gen, dtype=torch.float64)
     return out
 

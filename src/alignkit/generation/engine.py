@@ -628,6 +628,8 @@ class KVCacheGenerator:
                     f"prompt {i} has {len(p)} tokens; with max_new_tokens={sampling.max_new_tokens} it exceeds "
                     f"the model's max length {self.max_length} (truncate prompts or lower max_new_tokens)"
                 )
+        if sampling.prompt_keys is not None and len(sampling.prompt_keys) != len(prompts):
+            raise ValueError(f"sampling.prompt_keys has {len(sampling.prompt_keys)} keys for {len(prompts)} prompts")
         ids, mask = left_pad(prompts, self.pad_token_id, device)
         group_ids = torch.arange(len(prompts), device=device).repeat_interleave(sampling.n)
         ids, mask = ids[group_ids], mask[group_ids]

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..generation.base import Completions, Generator, SamplingParams
+from ..generation.base import Completions, Generator, SamplingParams, row_stream_seed
 from ..rollout import tokenize_prompts
 from ..training import TrainConfig, option
 from .dpo import DPOConfig, DPOTrainer
@@ -92,7 +91,7 @@ class RLAIFConfig:
     temperature: float = option(1.0, "sampling temperature (> 0); 1 samples the policy itself")
     top_k: int = option(0, "sample among the k most likely tokens (0 = off)")
     top_p: float = option(1.0, "nucleus sampling mass (1 = off)")
-    seed: int = option(0, "seeds every generate call (each draws its own seed from this one)")
+    seed: int = option(0, "seeds the sampling: a pair's noise is keyed by (seed, draw, pair index)")
     max_resamples: int = option(2, "redraws of a pair whose responses are identical or blank, before it is "
                                    "dropped and counted")
     min_confidence: float = option(0.5, "keep a pair only if the judge's max(p, 1 - p) exceeds this (in [0.5, 1)); "
@@ -248,6 +247,8 @@ def label_pairs_with_judge(
     generator: Generator,
     judge: PairJudge,
     config: RLAIFConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> AILabels:
     """Sample pairs of responses per prompt, label each with ``judge``, return preference rows and counts.
 
@@ -258,6 +259,10 @@ def label_pairs_with_judge(
         generator: any :class:`~alignkit.generation.Generator` over the policy.
         judge: any object with ``prefer(prompts, a, b) -> [N]`` P(a is better) (see :class:`PairJudge`).
         config: :class:`RLAIFConfig` (defaults: 2 samples, temperature 1).
+        rank, world_size: this process and the number of processes (an initialised ``torch.distributed``
+            group when > 1): each samples, redraws and judges a contiguous share of the pairs, and every process
+            gets all the labels. A pair's noise is keyed by (seed, draw, pair index), so the labels depend
+            neither on the batch sizes nor on the number of processes.
     Returns:
         :class:`AILabels`. ``len(rows) + len(dropped) == len(prompts) * pairs_per_prompt`` always.
     """
@@ -271,14 +276,17 @@ def label_pairs_with_judge(
         raise ValueError("no prompts given")
     token_ids, _ = tokenize_prompts(tokenizer, prompts, config.max_prompt_length or None, config.prompt_truncation)
     slots = [i for i in range(len(prompts)) for _ in range(config.pairs_per_prompt)]  # slot -> prompt index
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    share = -(-len(slots) // world_size)
+    mine = range(rank * share, min((rank + 1) * share, len(slots)))
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw
     reasons: dict[int, str | None] = {}
-    seeds = random.Random(config.seed)
     stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
     resampled = 0
 
     # 1-2. sample; redraw the pairs that carry no preference
-    pending = list(range(len(slots)))
+    pending = list(mine)
     for draw in range(config.max_resamples + 1):
         if not pending:
             break
@@ -288,7 +296,7 @@ def label_pairs_with_judge(
             chunk = pending[start : start + config.generation_batch_size]
             sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=float(config.temperature),
                                       top_k=config.top_k, top_p=float(config.top_p), n=2,
-                                      seed=seeds.randrange(2**63))
+                                      seed=row_stream_seed(config.seed, draw, 0), prompt_keys=tuple(chunk))
             comp = generator.generate([token_ids[slots[s]] for s in chunk], sampling)
             stats["sequences"] += len(comp.finished)
             stats["sequences_cut"] += float((~comp.finished.bool()).sum())
@@ -302,7 +310,7 @@ def label_pairs_with_judge(
         pending = [s for s in pending if reasons[s] is not None]
 
     # 3. label the usable pairs
-    usable = [s for s in range(len(slots)) if reasons[s] is None]
+    usable = [s for s in mine if reasons[s] is None]
     probs: dict[int, float] = {}
     t = time.perf_counter()
     for start in range(0, len(usable), config.judge_batch_size):
@@ -311,6 +319,12 @@ def label_pairs_with_judge(
                      [pairs[s][1] for s in chunk], [slots[s] for s in chunk])
         probs.update(zip(chunk, got, strict=True))
     stats["time/judge_s"] = time.perf_counter() - t
+    if world_size > 1:
+        parts: list = [None] * world_size
+        torch.distributed.all_gather_object(parts, (pairs, reasons, probs, stats, resampled))
+        pairs, reasons, probs = ({k: v for part in parts for k, v in part[j].items()} for j in range(3))
+        stats = {key: (max if key.startswith("time/") else sum)(part[3][key] for part in parts) for key in stats}
+        resampled = sum(part[4] for part in parts)
 
     # 4. rows, and an account of every pair that is not one
     rows, dropped = [], []
