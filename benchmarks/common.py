@@ -69,18 +69,21 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def peak_rss_mib(target: str, kwargs: dict, repeats: int = 2, timeout_s: float = 120.0) -> dict:
+def peak_rss_mib(target: str, kwargs: dict, repeats: int = 2, timeout_s: float = 120.0,
+                 env: dict | None = None) -> dict:
     """Peak memory of one call in MiB above what the process held right before it; min over ``repeats``.
 
     ``target`` is ``"module:function"``; the function gets ``**kwargs`` in a fresh interpreter, does its
     warm-up and input creation, and returns the zero-argument call to measure (see ``_memprobe``).
+    ``env``: extra environment variables for the probe (e.g. an allocator setting).
     Returns ``{"peak_mib": min, "samples_mib": [...], "method": ..., "readings": [raw JSON of each probe]}``.
     """
     samples, methods, readings = [], set(), []
     for _ in range(repeats):
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks._memprobe", target, json.dumps(kwargs)],
-            cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True, timeout=timeout_s, check=False,
+            cwd=REPO_ROOT, env={**_child_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout_s,
+            check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"memory probe {target} {kwargs} failed:\n{proc.stderr[-2000:]}")
