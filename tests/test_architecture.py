@@ -86,12 +86,15 @@ def test_classic_imports_with_transformers_blocked():
     )
 
 
-def test_no_trainer_config_field_is_declared_twice():
+def test_no_config_field_is_declared_twice():
     """One config root: a field a base config declares is never declared again by a subclass (another default
-    goes through ``with_defaults``, which keeps the base's declaration and help text)."""
+    goes through ``with_defaults``, which keeps the base's declaration and help text), and the seed and the
+    sampling fields are declared once for the trainers, Best-of-N, RLAIF and ``generate``."""
     import dataclasses
 
+    from alignkit.cli import GenerateJob
     from alignkit.trainers import (
+        BestOfNConfig,
         DPOConfig,
         OnlineConfig,
         PPOConfig,
@@ -100,10 +103,11 @@ def test_no_trainer_config_field_is_declared_twice():
         SFTConfig,
         TRPOConfig,
     )
-    from alignkit.training.config import RunConfig, TrainConfig
+    from alignkit.trainers.rlaif import RLAIFConfig
+    from alignkit.training.config import RunConfig, SamplingConfig, SeedConfig, TrainConfig
 
     classes = (RunConfig, TrainConfig, OnlineConfig, SFTConfig, RewardConfig, DPOConfig, ReinforceConfig, PPOConfig,
-               TRPOConfig)
+               TRPOConfig, BestOfNConfig, RLAIFConfig, GenerateJob)
     for cls in classes:
         overrides = set(cls.__dict__.get("__default_overrides__", ()))
         own = set(cls.__dict__.get("__annotations__", {})) - overrides
@@ -111,8 +115,16 @@ def test_no_trainer_config_field_is_declared_twice():
             if dataclasses.is_dataclass(base):
                 inherited = {f.name for f in dataclasses.fields(base)}
                 assert not own & inherited, (cls.__name__, base.__name__, sorted(own & inherited))
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
         for name in overrides:  # an override keeps the base field's help text
-            assert dataclasses.fields(cls)[[f.name for f in dataclasses.fields(cls)].index(name)].metadata["help"]
-    for name in ("lora", "mixed_precision", "gradient_checkpointing", "seed", "learning_rate", "save_steps"):
-        assert {f.name for f in dataclasses.fields(OnlineConfig)} >= {name}
-        assert name in RunConfig.__annotations__
+            assert by_name[name].metadata["help"]
+    shared = {f.name for f in dataclasses.fields(SamplingConfig)} | {"seed"}
+    for name in shared:
+        declared_in = [cls.__name__ for cls in classes if name in cls.__dict__.get("__annotations__", {})
+                       and name not in cls.__dict__.get("__default_overrides__", ())]
+        assert declared_in == [], (name, declared_in)  # only SamplingConfig / SeedConfig declare them
+    assert {"seed"} == set(SeedConfig.__annotations__)
+    for cls in (OnlineConfig, BestOfNConfig, RLAIFConfig, GenerateJob):
+        assert issubclass(cls, SamplingConfig) and issubclass(cls, SeedConfig)
+    for name in ("lora", "mixed_precision", "gradient_checkpointing", "learning_rate", "save_steps", "on_nonfinite"):
+        assert name in RunConfig.__annotations__ and name in {f.name for f in dataclasses.fields(OnlineConfig)}

@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .training.config import option
+from .training.config import SamplingConfig, SeedConfig, option
 
 USAGE_ERROR = 2
 
@@ -48,25 +48,19 @@ class OutputJob:
 
 
 @dataclass
-class GenerateJob(ModelJob):
-    """Sample completions from a checkpoint."""
+class GenerateJob(ModelJob, SeedConfig, SamplingConfig):
+    """Sample completions from a checkpoint (sampling fields from ``SamplingConfig``)."""
 
     prompts_file: str = option("", "prompts (.jsonl with a prompt column) (required)")
     output_dir: str = option("runs/generate", "run directory; completions go to completions.jsonl")
     n: int = option(1, "samples per prompt")
-    max_new_tokens: int = option(64, "longest completion")
-    temperature: float = option(1.0, "sampling temperature")
-    top_k: int = option(0, "top-k sampling (0 = off)")
-    top_p: float = option(1.0, "nucleus sampling (1 = off)")
     greedy: bool = option(False, "argmax decoding")
-    seed: int = option(0, "sampling seed")
 
     def sampling(self):
         """These settings as :class:`~alignkit.generation.SamplingParams` (which validates them)."""
         from .generation import SamplingParams
 
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, n=self.n, seed=self.seed, greedy=self.greedy)
+        return SamplingParams(**self.sampling_kwargs(), n=self.n, seed=self.seed, greedy=self.greedy)
 
     def validate(self) -> None:
         self.sampling()
@@ -576,7 +570,7 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
     from .rollout import completion_rows, tokenize_prompts
     from .training.report import append_samples, write_report
 
-    ids, _ = tokenize_prompts(tok, prompts)
+    ids, _ = tokenize_prompts(tok, prompts, config.max_prompt_length or None, config.prompt_truncation)
     comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, config.sampling())
     rows = completion_rows(tok, comp, prompts)
     path = Path(config.output_dir) / "completions.jsonl"

@@ -44,7 +44,7 @@ import torch
 from ..generation.base import Generator, SamplingParams
 from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
 from ..rollout import decode_completions, tokenize_prompts
-from ..training.config import option
+from ..training.config import SamplingConfig, SeedConfig, option
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
 
@@ -78,19 +78,11 @@ def continuous_win_rate(n: int) -> float:
 
 
 @dataclass
-class BestOfNConfig:
-    """Best-of-N sampling settings (validated on construction)."""
+class BestOfNConfig(SeedConfig, SamplingConfig):
+    """Best-of-N sampling settings (validated on construction; sampling fields from ``SamplingConfig``)."""
 
     n: int = option(4, "completions sampled per prompt; the best-scoring one is kept")
-    max_new_tokens: int = option(64, "longest completion")
-    min_new_tokens: int = option(0, "EOS forbidden before this many tokens")
-    temperature: float = option(1.0, "sampling temperature (> 0)")
-    top_k: int = option(0, "top-k sampling (0 = off)")
-    top_p: float = option(1.0, "nucleus sampling (1 = off)")
-    seed: int = option(0, "seed for sampling (each generate call gets its own stream from (seed, batch))")
     batch_size: int = option(16, "prompts per generate call (each yields n samples, n+1 with the win rate)")
-    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
-    prompt_truncation: str = option("error", "longer prompts: error or keep the end", choices=("error", "left"))
     measure_win_rate: bool = option(True, "draw one extra independent sample per prompt to measure the win rate")
     output_path: str = option("", "write the chosen completions here as SFT JSONL rows ('' = do not write)")
 
@@ -114,11 +106,7 @@ class BestOfNConfig:
         """The sampling parameters of a generate call whose first prompt has this global index (its rows' noise
         is keyed by (seed, global prompt index, sample index): calls never share noise)."""
         return SamplingParams(
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
+            **self.sampling_kwargs(),
             n=self.samples_per_prompt,
             seed=self.seed,
             first_prompt_index=first_prompt_index,

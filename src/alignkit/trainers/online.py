@@ -55,7 +55,7 @@ from ..generation import KVCacheGenerator, SamplingParams
 from ..rewards.base import InvalidRewardError
 from ..rollout import Rollout, collect_rollout, response_token_logits
 from ..training.batching import EpochBatcher
-from ..training.config import RunConfig, option, with_defaults
+from ..training.config import RunConfig, SamplingConfig, option, with_defaults
 from ..training.loop import NonFiniteLossError, TrainingLoop, prepare_trainable
 from ..training.optim import build_optimizer, build_scheduler
 from ..training.report import append_samples
@@ -68,20 +68,13 @@ EXTREME_METRICS = {"ratio_min": "min", "ratio_max": "max"}
 
 
 @dataclass
-@with_defaults(output_dir="runs/alignkit-online", lr_scheduler="constant")
-class OnlineConfig(RunConfig):
+@with_defaults(output_dir="runs/alignkit-online", lr_scheduler="constant", max_new_tokens=32)
+class OnlineConfig(RunConfig, SamplingConfig):
     """Settings shared by the online trainers (the shared training fields come from ``RunConfig``)."""
 
     num_steps: int = option(100, "rollout + update iterations")
     prompts_per_step: int = option(8, "prompts sampled per step, over all processes")
     samples_per_prompt: int = option(4, "completions per prompt (n); leave-one-out and GRPO need >= 2")
-    max_new_tokens: int = option(32, "longest completion")
-    min_new_tokens: int = option(0, "EOS forbidden before this many tokens")
-    temperature: float = option(1.0, "sampling temperature (log-probs are computed at the same temperature)")
-    top_k: int = option(0, "top-k sampling (0 = off); note: the policy gradient assumes untruncated sampling")
-    top_p: float = option(1.0, "nucleus sampling (1 = off)")
-    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
-    prompt_truncation: str = option("error", "longer prompts: error or keep the end", choices=("error", "left"))
     missing_eos_penalty: float = option(float("nan"), "score given to completions without EOS (nan = off)")
     update_epochs: int = option(1, "passes over each rollout batch")
     num_minibatches: int = option(1, "optimiser steps per pass over the rollout batch")
@@ -139,9 +132,8 @@ class OnlineConfig(RunConfig):
 
     def sampling_params(self, seed: int | None = None, first_prompt_index: int = 0) -> SamplingParams:
         """These settings as :class:`SamplingParams` (which validates them)."""
-        return SamplingParams(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                              temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              n=self.samples_per_prompt, seed=seed, first_prompt_index=first_prompt_index)
+        return SamplingParams(**self.sampling_kwargs(), n=self.samples_per_prompt, seed=seed,
+                              first_prompt_index=first_prompt_index)
 
 
 def response_logits(policy, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ import torch
 from ..generation.base import Completions, Generator, SamplingParams, row_stream_seed
 from ..rollout import tokenize_prompts
 from ..training import TrainConfig, option
+from ..training.config import SamplingConfig, SeedConfig
 from .dpo import DPOConfig, DPOTrainer
 from .reward_model import RewardConfig, RewardTrainer
 
@@ -83,24 +84,17 @@ class PairJudge(Protocol):
 
 
 @dataclass
-class RLAIFConfig:
-    """How pairs are sampled and labelled. Validated on construction (and again when used)."""
+class RLAIFConfig(SeedConfig, SamplingConfig):
+    """How pairs are sampled and labelled (sampling fields from ``SamplingConfig``; a pair's noise is keyed by
+    (seed, draw, pair index)). Validated on construction (and again when used)."""
 
     samples_per_prompt: int = option(2, "responses sampled per prompt, paired disjointly (0-1, 2-3, ...): even, >= 2")
-    max_new_tokens: int = option(64, "longest sampled response, in tokens")
-    temperature: float = option(1.0, "sampling temperature (> 0); 1 samples the policy itself")
-    top_k: int = option(0, "sample among the k most likely tokens (0 = off)")
-    top_p: float = option(1.0, "nucleus sampling mass (1 = off)")
-    seed: int = option(0, "seeds the sampling: a pair's noise is keyed by (seed, draw, pair index)")
     max_resamples: int = option(2, "redraws of a pair whose responses are identical or blank, before it is "
                                    "dropped and counted")
     min_confidence: float = option(0.5, "keep a pair only if the judge's max(p, 1 - p) exceeds this (in [0.5, 1)); "
                                         "0.5 drops exact ties only")
     generation_batch_size: int = option(16, "pairs sampled per generate call (2 sequences each)")
     judge_batch_size: int = option(16, "pairs per judge.prefer call")
-    max_prompt_length: int = option(0, "longest prompt in tokens for sampling (0 = no limit)")
-    prompt_truncation: str = option("error", "a longer prompt is an error, or keeps its last tokens",
-                                    choices=("error", "left"))
 
     def __post_init__(self):
         self.validate()
@@ -129,6 +123,7 @@ class RLAIFConfig:
             )
         if self.prompt_truncation not in ("error", "left"):
             raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}")
+        SamplingParams(**self.sampling_kwargs(), n=2)  # min_new_tokens <= max_new_tokens, top_k >= 0, ...
 
     @property
     def pairs_per_prompt(self) -> int:
@@ -294,9 +289,8 @@ def label_pairs_with_judge(
         t = time.perf_counter()
         for start in range(0, len(pending), config.generation_batch_size):
             chunk = pending[start : start + config.generation_batch_size]
-            sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=float(config.temperature),
-                                      top_k=config.top_k, top_p=float(config.top_p), n=2,
-                                      seed=row_stream_seed(config.seed, draw, 0), prompt_keys=tuple(chunk))
+            sampling = SamplingParams(**config.sampling_kwargs(), n=2, seed=row_stream_seed(config.seed, draw, 0),
+                                      prompt_keys=tuple(chunk))
             comp = generator.generate([token_ids[slots[s]] for s in chunk], sampling)
             stats["sequences"] += len(comp.finished)
             stats["sequences_cut"] += float((~comp.finished.bool()).sum())

@@ -58,11 +58,38 @@ def check_choices(config) -> None:
 
 
 @dataclass
-class RunConfig:
+class SeedConfig:
+    """The seed, declared once for every trainer and sampling job."""
+
+    seed: int = option(0, "seed for data order, initialisation of new parameters and the sampling noise")
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled: declared once for the online trainers, Best-of-N, RLAIF and ``generate``
+    (each may set other defaults with :func:`with_defaults`). :meth:`sampling_kwargs` feeds
+    ``alignkit.generation.SamplingParams``, which validates them."""
+
+    max_new_tokens: int = option(64, "longest completion, in tokens")
+    min_new_tokens: int = option(0, "EOS forbidden before this many tokens")
+    temperature: float = option(1.0, "sampling temperature (> 0); log-probs are computed at the same temperature")
+    top_k: int = option(0, "top-k sampling (0 = off); the policy gradient assumes untruncated sampling")
+    top_p: float = option(1.0, "nucleus sampling (1 = off)")
+    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
+    prompt_truncation: str = option("error", "a longer prompt is an error, or keeps its last tokens",
+                                    choices=("error", "left"))
+
+    def sampling_kwargs(self) -> dict:
+        """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_k``, ``top_p`` for SamplingParams."""
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
+                "temperature": float(self.temperature), "top_k": self.top_k, "top_p": float(self.top_p)}
+
+
+@dataclass
+class RunConfig(SeedConfig):
     """Settings every trainer shares (offline and online)."""
 
     output_dir: str = option("runs/alignkit", "run directory: metrics, checkpoints, final model")
-    seed: int = option(0, "seed for data order, initialisation of new heads and sampling")
     grad_accum_steps: int = option(1, "micro-batches per optimiser step on each process")
     learning_rate: float = option(1e-5, "peak AdamW learning rate (the policy's, for the online trainers)")
     weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
