@@ -263,3 +263,16 @@ def test_an_engine_with_its_own_weights_samples_from_them_until_refreshed():
     bf16 = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id, weights_dtype=torch.bfloat16)
     assert bf16.owns_weights and next(bf16.model.parameters()).dtype == torch.bfloat16
     assert not KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id, weights_dtype=torch.float32).owns_weights
+
+
+def test_lora_on_a_model_peft_cannot_wrap_names_its_layer_types_before_anything_is_written(tok, prompts, tmp_path):
+    class NoLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(len(tok), 8)
+            self.norm = torch.nn.LayerNorm(8)
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="peft cannot wrap NoLinear .*layer types are Embedding, LayerNorm"):
+        ReinforceTrainer(_cfg(ReinforceConfig, out, lora=True), NoLinear(), tok, prompts, contains("good"))
+    assert not out.exists()

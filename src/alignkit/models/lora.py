@@ -12,6 +12,7 @@ AdapterDisabledReference`): no second copy of the weights.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -60,7 +61,7 @@ def apply_lora(
     if is_peft_model(model):
         raise ValueError("model already has PEFT adapters; apply_lora expects a plain transformers model")
     peft = _import_peft()
-    config = peft.LoraConfig(
+    lora_config = dict(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -69,7 +70,19 @@ def apply_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, config)
+    with _naming_module_types(model):
+        return peft.get_peft_model(model, peft.LoraConfig(**lora_config))
+
+
+@contextmanager
+def _naming_module_types(model: nn.Module):
+    """Re-raise peft's refusal to wrap a model as a ValueError that names the model and its layer types."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        types = sorted({type(m).__name__ for m in model.modules() if not list(m.children())})
+        raise ValueError(f"LoRA: peft cannot wrap {type(model).__name__} ({err}); its layer types are "
+                         f"{', '.join(types)} (LoRA adapts linear layers: nn.Linear, transformers' Conv1D)") from err
 
 
 def apply_lora_to_trunk(model: nn.Module, r: int = 8, alpha: float = 16.0) -> nn.Module:
@@ -83,7 +96,8 @@ def apply_lora_to_trunk(model: nn.Module, r: int = 8, alpha: float = 16.0) -> nn
     trunk = model.trunk
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", bias="none")
     # injects the adapters into ``trunk``; kept outside ``_modules`` so the state dict lists the trunk once
-    object.__setattr__(model, "_lora_tuner", peft.LoraModel(trunk, config, "default"))
+    with _naming_module_types(trunk):
+        object.__setattr__(model, "_lora_tuner", peft.LoraModel(trunk, config, "default"))
     for name, param in trunk.named_parameters():
         param.requires_grad_("lora_" in name)
     model.head.requires_grad_(True)

@@ -142,9 +142,7 @@ class TrainingLoop(ABC):
         self.skipped_updates = 0
         self.history: list[dict] = []
         self.report_summary: dict = {}  # extra key -> value rows for the top of report.html
-        self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
-                                    tensorboard=config.tensorboard, progress_total=total_steps,
-                                    progress=config.progress)
+        self.logger: MetricsLogger | None = None  # made by train(): nothing is written before it runs
 
     # ----------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -243,7 +241,10 @@ class TrainingLoop(ABC):
             self.batcher.load_state_dict(state["data"])
             self.skipped_updates = int(state.get("skipped_updates", 0))
             self.load_trainer_state(state.get("trainer", {}))
-            self.logger.advance(self.step)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
+                                    tensorboard=cfg.tensorboard, progress_total=self.total_steps,
+                                    progress=cfg.progress)
+        self.logger.advance(self.step)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(
