@@ -278,3 +278,13 @@ def test_real_gsm8k_first_50_rows():
     assert len(rows) == 50 and rows.format == "gsm8k"
     assert set(rows[0]) == {"prompt", "answer"}
     assert rows[0]["prompt"].startswith("Janet") and rows[0]["answer"].endswith("#### 18")
+
+
+def test_a_truncated_gzip_file_is_a_data_error_naming_the_file(tmp_path):
+    rows = b"".join(json.dumps({"prompt": f"p{i}", "completion": "c" * 50}).encode() + b"\n" for i in range(2000))
+    data = gzip.compress(rows)
+    for name in ("cut.jsonl.gz", "cut.json.gz"):
+        path = tmp_path / name
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(DataError, match=f"{name}: is damaged: the compressed stream ends early"):
+            load_rows(path)

@@ -28,7 +28,9 @@ import json
 import os
 import sys
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,16 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+@contextmanager
+def _damaged_file(label: str):
+    """A truncated or corrupt compressed file is a data error naming the file (not a bare EOFError)."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"is damaged: the compressed stream ends early or is corrupt ({type(e).__name__}: {e}); "
+                        "download or copy it again", location=label, source=label) from None
+
+
 def _read_file(path: Path, label: str) -> Iterator[_Item]:
     name = path.name.lower()
     if not name.endswith(SUFFIXES):
@@ -103,10 +115,10 @@ def _read_file(path: Path, label: str) -> Iterator[_Item]:
     if not path.is_file():
         raise FileNotFoundError(f"{label}: no such file")
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
-        with _open(path) as f:
+        with _open(path) as f, _damaged_file(label):
             yield from _read_lines(path, label, f)
         return
-    with _open(path) as f:
+    with _open(path) as f, _damaged_file(label):
         data = f.read()
     try:
         records = json.loads(data.decode("utf-8-sig"))
@@ -116,7 +128,7 @@ def _read_file(path: Path, label: str) -> Iterator[_Item]:
         if e.msg != "Extra data":
             raise DataError(f"is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", location=label,
                             source=label) from None
-        with _open(path) as f:  # JSON Lines under a .json name
+        with _open(path) as f, _damaged_file(label):  # JSON Lines under a .json name
             yield from _read_lines(path, label, f)
         return
     if not isinstance(records, list):
