@@ -219,3 +219,30 @@ def test_lora_switch_trains_only_adapters_and_saves_a_peft_adapter(tok, tmp_path
     ids = torch.tensor([[1, 5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, peft_model(ids).logits)
+
+
+def test_a_margin_column_reaches_the_bradley_terry_loss_and_dpo_refuses_it(tok, tmp_path):
+    from alignkit.data import DataError
+
+    rows = tasks.preference_rows(8)
+    with_margin = [{**r, "margin": 2.0} for r in rows]
+    examples = tokenize_preferences(load_rows(with_margin), tok, max_length=32)
+    assert [ex["margin"] for ex in examples] == [2.0] * 8
+    assert "margin" not in tokenize_preferences(load_rows(rows), tok, max_length=32)[0]
+
+    def first_loss(data, out):
+        torch.manual_seed(0)
+        rm = RewardModel.from_causal_lm(tasks.model(tok), pad_token_id=tok.pad_token_id)
+        cfg = RewardConfig(output_dir=str(out), batch_size=8, max_steps=1, progress=False, tensorboard=False,
+                           num_samples=0)
+        return RewardTrainer(cfg, rm, data, tokenizer=tok).train()[0]["loss"]
+
+    plain = first_loss(tokenize_preferences(load_rows(rows), tok, max_length=32), tmp_path / "a")
+    margin = first_loss(examples, tmp_path / "b")
+    # -log sigma(d - 2) > -log sigma(d) at the same (initial, near-zero) reward difference d
+    assert margin > plain + 1.0
+    with pytest.raises(ValueError, match="8 preference rows have a 'margin' column, which DPO has no term for"):
+        DPOTrainer(DPOConfig(output_dir=str(tmp_path / "dpo"), batch_size=8, progress=False), tasks.model(tok),
+                   examples, tokenizer=tok)
+    with pytest.raises(DataError, match="margin"):
+        tokenize_preferences(load_rows([{**rows[0], "margin": "big"}]), tok, max_length=32)

@@ -27,7 +27,8 @@ Errors name the row by its location when the rows come from :func:`alignkit.data
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 from .chat import split_messages
 from .errors import DataError, LocatedList
@@ -212,7 +213,10 @@ def tokenize_preferences(
             prompt + chosen and prompt + rejected alike.
     Returns:
         :class:`Examples`: per row ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (``list[int]``; the
-        response ids end with EOS unless truncated or ``append_eos=False``).
+        response ids end with EOS unless truncated or ``append_eos=False``), plus ``"margin"`` (a float) for a
+        row with a ``margin`` column (how much better the chosen response is rated; the reward model's
+        Bradley-Terry loss subtracts it, Llama 2 section 3.2.2). A margin that is not a finite number is an
+        error naming the row.
     """
     _check_args(rows, tokenizer, max_length, truncation, append_eos)
     where = _locations(rows)
@@ -231,5 +235,11 @@ def tokenize_preferences(
             how = f"after truncation to max_length={max_length}" if cut else "after tokenisation"
             raise DataError(f"is identical to 'chosen' {how}; the pair carries no preference", location=where[i],
                             field="rejected")
-        out.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
+        example = {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+        margin = rows[i].get("margin") if isinstance(rows[i], Mapping) else None
+        if margin is not None:
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+                raise DataError(f"must be a finite number, got {margin!r}", location=where[i], field="margin")
+            example["margin"] = float(margin)
+        out.append(example)
     return Examples(out, locations=where, truncated=truncated, skipped=getattr(rows, "skipped", 0))

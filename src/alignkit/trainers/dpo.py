@@ -64,6 +64,11 @@ class DPOTrainer(Trainer):
         pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             raise ValueError("DPOTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        with_margin = sum("margin" in ex for ex in (*train_examples, *(eval_examples or [])))
+        if with_margin:
+            raise ValueError(f"{with_margin} preference rows have a 'margin' column, which DPO has no term for (it "
+                             "would be ignored): drop the column, or train a reward model on them, whose "
+                             "Bradley-Terry loss uses it")
         self._collator = PreferenceCollator(pad)
         super().__init__(config, model, train_examples, eval_examples, tokenizer)
         from ..models.reference import make_reference
