@@ -23,7 +23,7 @@ def test_dpo_at_reference_policy():
     lp = torch.tensor([-10.0, -3.0])
     lr = torch.tensor([-12.0, -4.0])
     # pi = pi_ref -> h = 0: sigmoid -log sigma(0) = ln 2; ipo (0 - 1/(2*0.1))^2 = 25; hinge max(0, 1) = 1
-    expected = {"sigmoid": math.log(2), "ipo": 25.0, "hinge": 1.0}
+    expected = {"sigmoid": math.log(2), "ipo": 25.0, "ipo-token-mean": 25.0, "hinge": 1.0}
     for loss_type in DPO_LOSS_TYPES:
         loss, m = dpo_loss(lp, lr, lp.clone(), lr.clone(), beta=0.1, loss_type=loss_type)
         assert loss.item() == pytest.approx(expected[loss_type]), loss_type

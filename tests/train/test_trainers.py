@@ -246,3 +246,27 @@ def test_a_margin_column_reaches_the_bradley_terry_loss_and_dpo_refuses_it(tok, 
                    examples, tokenizer=tok)
     with pytest.raises(DataError, match="margin"):
         tokenize_preferences(load_rows([{**rows[0], "margin": "big"}]), tok, max_length=32)
+
+
+def test_ipo_token_mean_is_ipo_on_per_token_mean_log_probs(tok, tmp_path):
+    from alignkit.models import make_reference
+    from alignkit.trainers.dpo import sequence_logprobs
+
+    examples = _pref_examples(tok, 8)
+    reference = make_reference(tasks.model(tok, seed=3))  # another model: h != 0
+    losses = {}
+    for loss_type in ("ipo", "ipo-token-mean"):
+        cfg = DPOConfig(output_dir=str(tmp_path / loss_type), batch_size=8, beta=0.5, loss_type=loss_type,
+                        precompute_ref_logprobs=False, progress=False, tensorboard=False)
+        trainer = DPOTrainer(cfg, tasks.model(tok), examples, tokenizer=tok, reference=reference)
+        batch = trainer.collate(examples)
+        with torch.no_grad():
+            losses[loss_type] = trainer.compute_loss(trainer.model, batch, 8.0)[0].item()
+            args = (batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            pol, ref = sequence_logprobs(trainer.model, *args), sequence_logprobs(reference, *args)
+    lengths = batch["loss_mask"][:, 1:].sum(-1).float()
+    for loss_type, (p, r) in {"ipo": (pol, ref), "ipo-token-mean": (pol / lengths, ref / lengths)}.items():
+        h = (p[:8] - r[:8]) - (p[8:] - r[8:])
+        expected = float(((h - 1.0 / (2 * 0.5)) ** 2).mean())  # Azar et al. eq. 17, tau = beta = 0.5
+        assert losses[loss_type] == pytest.approx(expected, rel=1e-5), loss_type
+    assert abs(losses["ipo"] - losses["ipo-token-mean"]) > 1e-3

@@ -75,12 +75,19 @@ def _hinge(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor
 
 
 # Loss type -> per-pair loss of the log-ratio difference h. One table, no if/elif chain.
+# "ipo" is Azar et al. 2023 eq. 17 as written, on sequence log-probs (sums over response tokens);
+# "ipo-token-mean" is the same loss on per-token *mean* log-probs, what the IPO authors' code and TRL's
+# loss_type="ipo" compute. The two need very different beta (tau): with R response tokens, h of the
+# token-mean form is about 1/R of the sum form's, while the target 1/(2 tau) is the same.
 _DPO_LOSSES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
     "sigmoid": _sigmoid,
     "ipo": _ipo,
+    "ipo-token-mean": _ipo,
     "hinge": _hinge,
 }
 DPO_LOSS_TYPES: tuple[str, ...] = tuple(_DPO_LOSSES)
+# loss types whose log-probs are per-token means (the caller divides the sums by the response lengths)
+TOKEN_MEAN_LOSS_TYPES: tuple[str, ...] = ("ipo-token-mean",)
 
 
 def dpo_loss(
@@ -95,8 +102,9 @@ def dpo_loss(
     """DPO-family loss, mean over pairs.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: ``[N]`` sequence log-probs log pi(y|x) (summed over
-            response tokens; IPO's authors use the per-token mean, which the caller can pass instead).
+        policy_chosen_logps, policy_rejected_logps: ``[N]`` sequence log-probs log pi(y|x), summed over
+            response tokens, or their per-token means for the loss types in :data:`TOKEN_MEAN_LOSS_TYPES`
+            (the caller divides; the loss itself is the same function of h).
         ref_chosen_logps, ref_rejected_logps: ``[N]`` the same under pi_ref (constants).
         beta: > 0; the KL strength of the implied objective (IPO's tau).
         loss_type: one of :data:`DPO_LOSS_TYPES`.

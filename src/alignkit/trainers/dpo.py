@@ -3,8 +3,10 @@
 Variant (Rafailov et al. 2023; seeds 001-002 "Direct Preference Optimization"):
   * L = mean over pairs of loss_type(h), h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) -
     log pi_ref(y_l|x)], with log pi(y|x) the *sum* of response-token log-probs;
-    loss types from ``alignkit.core.preference``: sigmoid (DPO), ipo, hinge, and conservative DPO
-    (sigmoid with label_smoothing);
+    loss types from ``alignkit.core.preference``: sigmoid (DPO), ipo (on those sums: Azar et al. eq. 17 as
+    written), ipo-token-mean (IPO on per-token mean log-probs of each response, as the IPO authors' code and
+    TRL's ``loss_type="ipo"``: the same beta means a far stronger pull to the reference there), hinge, and
+    conservative DPO (sigmoid with label_smoothing);
   * pi_ref is the policy at the start of training (a frozen copy, or for a LoRA policy the same weights
     with the adapter disabled). By default its log-probs are computed once, up front, for every pair
     (``precompute_ref_logprobs``) and the reference is then dropped: training memory is that of the
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.logprobs import token_logprobs
-from ..core.preference import DPO_LOSS_TYPES, dpo_loss
+from ..core.preference import DPO_LOSS_TYPES, TOKEN_MEAN_LOSS_TYPES, dpo_loss
 from ..rollout import model_logits
 from ..training import TrainConfig, Trainer, option
 
@@ -31,7 +33,8 @@ class DPOConfig(TrainConfig):
     """DPO settings."""
 
     beta: float = option(0.1, "KL strength of the implied objective (IPO's tau)")
-    loss_type: str = option("sigmoid", "DPO-family loss", choices=DPO_LOSS_TYPES)
+    loss_type: str = option("sigmoid", "DPO-family loss (ipo: on summed log-probs; ipo-token-mean: on per-token "
+                                       "means, as TRL's ipo)", choices=DPO_LOSS_TYPES)
     label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped labels (sigmoid only)")
     precompute_ref_logprobs: bool = option(True, "reference log-probs once up front (then drop the reference)")
     max_length: int = option(512, "longest tokenised prompt + response")
@@ -118,6 +121,9 @@ class DPOTrainer(Trainer):
             ref_c, ref_r = batch["ref_chosen_logp"].to(device), batch["ref_rejected_logp"].to(device)
         else:
             ref_c, ref_r = self._reference_logprobs(batch)
+        if self.config.loss_type in TOKEN_MEAN_LOSS_TYPES:  # sums -> per-token means of each response
+            lengths = batch["loss_mask"][:, 1:].sum(-1).to(device).clamp(min=1).float()
+            seq, ref_c, ref_r = seq / lengths, ref_c / lengths[:b], ref_r / lengths[b:]
         mean_loss, m = dpo_loss(seq[:b], seq[b:], ref_c, ref_r, beta=self.config.beta,
                                 loss_type=self.config.loss_type, label_smoothing=self.config.label_smoothing)
         scale = b / normalizer
