@@ -409,9 +409,9 @@ def run(command: str, config) -> None:
         eval_rows = load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file \
             else None
         if command == "sft":
-            tokenize = lambda rows: tokenize_sft(rows, tok, config.max_length, config.truncation)  # noqa: E731
+            tokenize = lambda rows: tokenize_sft(rows, tok, **config.tokenize_kwargs())  # noqa: E731
         else:
-            tokenize = lambda rows: tokenize_preferences(rows, tok, config.max_length, config.truncation)  # noqa: E731
+            tokenize = lambda rows: tokenize_preferences(rows, tok, **config.tokenize_kwargs())  # noqa: E731
         train, held_out = tokenize(train_rows), (tokenize(eval_rows) if eval_rows is not None else None)
         if command == "sft":
             SFTTrainer(config, policy, train, held_out, tokenizer=tok).train()

@@ -72,8 +72,8 @@ ROW = {"prompt": "the cat", "completion": "sat on the mat"}  # 2 prompt tokens, 
 def test_truncation_error_names_the_row(word_tok):
     rows = [{"prompt": "a", "completion": "dog"}, ROW]
     with pytest.raises(DataError, match=r"^row 1: prompt \(2 tokens\) \+ response \(5 tokens\) exceeds max_length=6"):
-        tokenize_sft(rows, word_tok, max_length=6)
-    out = tokenize_sft(rows, word_tok, max_length=7)  # fits exactly
+        tokenize_sft(rows, word_tok, max_length=6, truncation="error")
+    out = tokenize_sft(rows, word_tok, max_length=7, truncation="error")  # fits exactly
     assert len(out[1]["input_ids"]) == 7 and out.truncated == 0
 
 
@@ -118,7 +118,7 @@ def test_errors_name_the_source_row_after_reordering(word_tok):
     rows = load_rows([ROW, {"prompt": "a", "completion": "dog"}])
     rows.reverse()
     with pytest.raises(DataError, match=r"^rows\[0\]: prompt \(2 tokens\)"):
-        tokenize_sft(rows, word_tok, max_length=4)
+        tokenize_sft(rows, word_tok, max_length=4, truncation="error")
 
 
 def test_rows_not_from_load_rows_are_validated(word_tok):
@@ -184,7 +184,7 @@ def test_preferences_hand_checked(word_tok):
 
 def test_preference_truncation(word_tok):
     with pytest.raises(DataError, match=r"^row 0: prompt \(2 tokens\) \+ response \(5 \+ 2 tokens\) exceeds"):
-        tokenize_preferences([PAIR], word_tok, max_length=6)
+        tokenize_preferences([PAIR], word_tok, max_length=6, truncation="error")
     the, cat, sat, on, ran = ids(word_tok, "the cat sat on ran")
     out = tokenize_preferences([PAIR], word_tok, max_length=4, truncation="right")
     assert out[0] == {"prompt_ids": [the, cat], "chosen_ids": [sat, on], "rejected_ids": [ran, EOS]}
@@ -193,6 +193,27 @@ def test_preference_truncation(word_tok):
     assert out[0]["prompt_ids"] == [cat] and out.truncated == 1
     with pytest.raises(DataError, match="prompt alone has 2 tokens"):
         tokenize_preferences([PAIR], word_tok, max_length=2, truncation="right")
+
+
+def test_fit_truncation_never_stops_on_length_and_counts_what_it_cut(word_tok):
+    # "fit" (the default): prompt from the left to max_prompt_length (its BOS kept), then responses from the
+    # right to fit max_length; a prompt that fills the context gives up half of it; nothing raises for length
+    the, cat, sat, on, mat, a = ids(word_tok, "the cat sat on mat a")
+    rows = [{"prompt": "a", "completion": "dog"}, ROW]  # row 1: 2 prompt + 5 completion tokens
+    out = tokenize_sft(rows, word_tok, max_length=6)
+    assert out[1]["input_ids"] == [the, cat, sat, on, the, mat] and out.truncated == 1  # EOS cut with the end
+    out = tokenize_sft(rows, word_tok, max_length=6, max_prompt_length=1)
+    assert out[1]["input_ids"] == [cat, sat, on, the, mat, EOS] and out.truncated == 1
+    long_prompt = {"prompt": "the cat sat on the mat", "completion": "a"}  # 6 prompt tokens
+    out = tokenize_sft([long_prompt], word_tok, max_length=4)
+    assert out[0]["input_ids"] == [the, mat, a, EOS] and out.truncated == 1
+    # a pair the cut leaves without a difference is dropped and counted, not an error
+    pairs = [PAIR, {"prompt": "the cat", "chosen": "sat on the mat", "rejected": "sat on a dog"}]
+    out = tokenize_preferences(load_rows(pairs), word_tok, max_length=4)
+    assert len(out) == 1 and out.skipped == 1 and out.truncated == 2 and out.locations == ["rows[0]"]
+    assert out[0]["chosen_ids"] == [sat, on] and out[0]["rejected_ids"] == ids(word_tok, "ran") + [EOS]
+    with pytest.raises(ValueError, match="max_prompt_length must be an int >= 1"):
+        tokenize_sft(rows, word_tok, max_length=6, max_prompt_length=0)
 
 
 def test_a_pair_identical_after_truncation_is_an_error(word_tok):

@@ -12,7 +12,13 @@ How text becomes ids (the same for both tokenisers):
   with it; whitespace after it is dropped then).
 
 Truncation (``max_length`` counts prompt + response tokens):
-* ``"error"`` (default): a row that does not fit raises :class:`DataError` naming it, with its lengths.
+* ``"fit"`` (default; what TRL does): no row stops the run for its length. The prompt is cut from the left to
+  ``max_prompt_length`` (when set), keeping its BOS; then responses are cut from the right to fit
+  ``max_length`` (the EOS goes with the cut). A prompt that alone leaves no room for a response is first
+  cut from the left to half of ``max_length``. A pair whose responses become identical by the cut carries no
+  preference: it is dropped and counted in ``Examples.skipped`` (with the rows the loader skipped). Cut rows
+  are counted in ``Examples.truncated``; the trainers log both at step 0.
+* ``"error"``: a row that does not fit raises :class:`DataError` naming it, with its lengths.
 * ``"right"``: the end of the response is cut (the EOS goes with it: a cut response must not teach the
   model to stop there). A prompt that alone fills ``max_length`` leaves no response token: an error.
 * ``"left"``: the start of the prompt is dropped, keeping its BOS when it has one, and the response is
@@ -36,7 +42,7 @@ from .formats import normalize_row
 
 __all__ = ["TRUNCATION_MODES", "Examples", "tokenize_sft", "tokenize_preferences"]
 
-TRUNCATION_MODES = ("error", "left", "right")
+TRUNCATION_MODES = ("fit", "error", "left", "right")
 IGNORE_INDEX = -100
 
 
@@ -61,9 +67,13 @@ def _locations(rows: Sequence) -> list[str]:
     return [f"row {i}" for i in range(len(rows))]
 
 
-def _check_args(rows: Sequence, tokenizer, max_length: int, truncation: str, append_eos: bool) -> None:
+def _check_args(rows: Sequence, tokenizer, max_length: int, truncation: str, append_eos: bool,
+                max_prompt_length: int | None = None) -> None:
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+    if max_prompt_length is not None and (isinstance(max_prompt_length, bool)
+                                          or not isinstance(max_prompt_length, int) or max_prompt_length < 1):
+        raise ValueError(f"max_prompt_length must be an int >= 1 or None, got {max_prompt_length!r}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2 (a prompt token and a response token), got {max_length!r}")
     if append_eos and tokenizer.eos_token_id is None:
@@ -103,8 +113,10 @@ def _keep_prompt_end(prompt: list[int], keep: int, bos: int | None) -> list[int]
     return prompt[len(prompt) - keep :]
 
 
-def _fit(prompt, responses, max_length, truncation, bos, where):
+def _fit(prompt, responses, max_length, truncation, bos, where, max_prompt_length=None):
     """(prompt, responses, truncated?) fitting ``max_length``; raises DataError naming ``where``."""
+    if truncation == "fit":
+        return _fit_both(prompt, responses, max_length, max_prompt_length, bos)
     longest = max(len(r) for r in responses)
     if len(prompt) + longest <= max_length:
         return prompt, responses, False
@@ -138,6 +150,19 @@ def _fit(prompt, responses, max_length, truncation, bos, where):
     return _keep_prompt_end(prompt, keep, bos), responses, True
 
 
+def _fit_both(prompt, responses, max_length, max_prompt_length, bos):
+    """The ``"fit"`` mode: prompt from the left to ``max_prompt_length``, responses from the right to fit."""
+    cut = False
+    if max_prompt_length and len(prompt) > max_prompt_length:
+        prompt, cut = _keep_prompt_end(prompt, max_prompt_length, bos), True
+    if len(prompt) >= max_length:  # no room for a response token: the prompt gives up half the context
+        prompt, cut = _keep_prompt_end(prompt, max_length // 2, bos), True
+    room = max_length - len(prompt)
+    if any(len(r) > room for r in responses):
+        responses, cut = [r[:room] for r in responses], True
+    return prompt, responses, cut
+
+
 def _row(rows, i, fmt, where) -> dict:
     try:
         return normalize_row(rows[i], fmt)
@@ -149,9 +174,10 @@ def tokenize_sft(
     rows: Sequence[dict],
     tokenizer,
     max_length: int,
-    truncation: str = "error",
+    truncation: str = "fit",
     append_eos: bool = True,
     completion_only_loss: bool = True,
+    max_prompt_length: int | None = None,
 ) -> Examples:
     """Tokenise prompt/completion or chat-message rows for supervised fine-tuning.
 
@@ -161,15 +187,16 @@ def tokenize_sft(
             tokenizer's chat template (:func:`alignkit.data.chat.split_messages`).
         tokenizer: a transformers tokenizer.
         max_length: most tokens per example (prompt + completion, EOS included).
-        truncation: ``"error"``, ``"left"`` or ``"right"`` (module docstring).
+        truncation: ``"fit"``, ``"error"``, ``"left"`` or ``"right"`` (module docstring).
         append_eos: end each completion with the EOS token.
         completion_only_loss: label prompt tokens -100 (ignored by the loss); False trains on all tokens.
+        max_prompt_length: with ``"fit"``, prompts are first cut from the left to this many tokens.
     Returns:
         :class:`Examples`: per row ``{"input_ids": list[int], "labels": list[int]}`` of equal length L <=
         max_length, labels *unshifted* (``labels[t]`` is the target at position t; the loss compares
         ``logits[:, :-1]`` with ``labels[:, 1:]``, as transformers' causal LM loss does).
     """
-    _check_args(rows, tokenizer, max_length, truncation, append_eos)
+    _check_args(rows, tokenizer, max_length, truncation, append_eos, max_prompt_length)
     where = _locations(rows)
     prompts, completions = [], []
     for i in range(len(rows)):
@@ -191,7 +218,7 @@ def tokenize_sft(
         if not p or not c:
             field = "prompt" if not p else "completion"
             raise DataError("tokenises to no tokens", location=where[i], field=field)
-        p, (c,), cut = _fit(p, [c], max_length, truncation, tokenizer.bos_token_id, where[i])
+        p, (c,), cut = _fit(p, [c], max_length, truncation, tokenizer.bos_token_id, where[i], max_prompt_length)
         truncated += cut
         labels = [IGNORE_INDEX] * len(p) + c if completion_only_loss else p + c
         out.append({"input_ids": p + c, "labels": labels})
@@ -202,15 +229,16 @@ def tokenize_preferences(
     rows: Sequence[dict],
     tokenizer,
     max_length: int,
-    truncation: str = "error",
+    truncation: str = "fit",
     append_eos: bool = True,
+    max_prompt_length: int | None = None,
 ) -> Examples:
     """Tokenise ``{"prompt", "chosen", "rejected"}`` rows (preference or split HH-RLHF) for DPO / reward models.
 
     Args:
         rows: preference rows (as :func:`load_rows` returns them; other rows are validated here).
-        tokenizer, max_length, truncation, append_eos: as in :func:`tokenize_sft`; ``max_length`` bounds
-            prompt + chosen and prompt + rejected alike.
+        tokenizer, max_length, truncation, append_eos, max_prompt_length: as in :func:`tokenize_sft`;
+            ``max_length`` bounds prompt + chosen and prompt + rejected alike.
     Returns:
         :class:`Examples`: per row ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` (``list[int]``; the
         response ids end with EOS unless truncated or ``append_eos=False``), plus ``"margin"`` (a float) for a
@@ -218,19 +246,23 @@ def tokenize_preferences(
         Bradley-Terry loss subtracts it, Llama 2 section 3.2.2). A margin that is not a finite number is an
         error naming the row.
     """
-    _check_args(rows, tokenizer, max_length, truncation, append_eos)
+    _check_args(rows, tokenizer, max_length, truncation, append_eos, max_prompt_length)
     where = _locations(rows)
     normalised = [_row(rows, i, "preference", where[i]) for i in range(len(rows))]
     prompt_ids = _encode_prompts(tokenizer, [r["prompt"] for r in normalised])
     chosen_ids = _encode_responses(tokenizer, [r["chosen"] for r in normalised], append_eos)
     rejected_ids = _encode_responses(tokenizer, [r["rejected"] for r in normalised], append_eos)
-    out, truncated = [], 0
+    out, truncated, dropped, kept = [], 0, 0, []
     for i, (p, c, r) in enumerate(zip(prompt_ids, chosen_ids, rejected_ids, strict=True)):
         for field, ids in (("prompt", p), ("chosen", c), ("rejected", r)):
             if not ids:
                 raise DataError("tokenises to no tokens", location=where[i], field=field)
-        p, (c, r), cut = _fit(p, [c, r], max_length, truncation, tokenizer.bos_token_id, where[i])
+        p, (c, r), cut = _fit(p, [c, r], max_length, truncation, tokenizer.bos_token_id, where[i],
+                              max_prompt_length)
         truncated += cut
+        if c == r and cut and truncation == "fit":  # the cut removed the difference: no preference left
+            dropped += 1
+            continue
         if c == r:
             how = f"after truncation to max_length={max_length}" if cut else "after tokenisation"
             raise DataError(f"is identical to 'chosen' {how}; the pair carries no preference", location=where[i],
@@ -242,4 +274,5 @@ def tokenize_preferences(
                 raise DataError(f"must be a finite number, got {margin!r}", location=where[i], field="margin")
             example["margin"] = float(margin)
         out.append(example)
-    return Examples(out, locations=where, truncated=truncated, skipped=getattr(rows, "skipped", 0))
+        kept.append(where[i])
+    return Examples(out, locations=kept, truncated=truncated, skipped=getattr(rows, "skipped", 0) + dropped)

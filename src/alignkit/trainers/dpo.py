@@ -26,10 +26,11 @@ from ..core.logprobs import token_logprobs
 from ..core.preference import DPO_LOSS_TYPES, TOKEN_MEAN_LOSS_TYPES, dpo_loss
 from ..rollout import model_logits
 from ..training import TrainConfig, Trainer, option
+from ..training.config import TokenizeConfig
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(TrainConfig, TokenizeConfig):
     """DPO settings."""
 
     beta: float = option(0.1, "KL strength of the implied objective (IPO's tau)")
@@ -37,8 +38,6 @@ class DPOConfig(TrainConfig):
                                        "means, as TRL's ipo)", choices=DPO_LOSS_TYPES)
     label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped labels (sigmoid only)")
     precompute_ref_logprobs: bool = option(True, "reference log-probs once up front (then drop the reference)")
-    max_length: int = option(512, "longest tokenised prompt + response")
-    truncation: str = option("error", "what to do with longer examples", choices=("error", "left", "right"))
 
 
 def sequence_logprobs(model_or_logits_fn, input_ids, attention_mask, loss_mask) -> torch.Tensor:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from ..core.preference import bradley_terry_loss
 from ..training import TrainConfig, Trainer, option
+from ..training.config import TokenizeConfig
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(TrainConfig, TokenizeConfig):
     """Reward-model settings."""
 
-    max_length: int = option(512, "longest tokenised prompt + response")
-    truncation: str = option("error", "what to do with longer examples", choices=("error", "left", "right"))
     center_rewards_coef: float = option(0.0, "weight of the reward-centring term mean((r_w + r_l)^2)")
 
 

@@ -387,7 +387,7 @@ def train_on_ai_labels(
             raise ValueError("reference is for method 'dpo' only")
 
     def examples(ai: AILabels):
-        return tokenize_preferences(ai.to_rows(), tokenizer, train_config.max_length, train_config.truncation)
+        return tokenize_preferences(ai.to_rows(), tokenizer, **train_config.tokenize_kwargs())
 
     train_examples = examples(labels)
     eval_examples = examples(eval_labels) if eval_labels is not None else None

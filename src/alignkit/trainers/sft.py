@@ -16,16 +16,15 @@ from dataclasses import dataclass
 
 from ..core.logprobs import token_logprobs
 from ..training import TrainConfig, Trainer, option
+from ..training.config import TokenizeConfig
 
 IGNORE = -100
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, TokenizeConfig):
     """Supervised fine-tuning settings."""
 
-    max_length: int = option(512, "longest tokenised prompt + completion")
-    truncation: str = option("error", "what to do with longer examples", choices=("error", "left", "right"))
     completion_only_loss: bool = option(True, "train on completion tokens only (prompt tokens masked)")
     packing: bool = option(False, "pack several examples into each row of max_length tokens")
 

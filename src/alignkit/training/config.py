@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from ..data.tokenize import TRUNCATION_MODES
+
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -83,6 +85,24 @@ class SamplingConfig:
         """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_k``, ``top_p`` for SamplingParams."""
         return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
                 "temperature": float(self.temperature), "top_k": self.top_k, "top_p": float(self.top_p)}
+
+
+@dataclass
+class TokenizeConfig:
+    """How the offline trainers' rows become tokens (``alignkit.data.tokenize_sft`` / ``tokenize_preferences``),
+    declared once for SFT, the reward model and DPO."""
+
+    max_length: int = option(512, "longest tokenised prompt + response")
+    max_prompt_length: int = option(0, "with truncation=fit, prompts are first cut from the left to this many "
+                                       "tokens (0 = no separate limit)")
+    truncation: str = option("fit", "longer rows: fit (cut the prompt's start, then the responses' end; counted, "
+                                    "never stops the run), error, left (prompt only) or right (responses only)",
+                             choices=TRUNCATION_MODES)
+
+    def tokenize_kwargs(self) -> dict:
+        """``max_length``, ``truncation`` and ``max_prompt_length`` for the tokenize functions."""
+        return {"max_length": self.max_length, "truncation": self.truncation,
+                "max_prompt_length": self.max_prompt_length or None}
 
 
 @dataclass
