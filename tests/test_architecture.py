@@ -104,7 +104,7 @@ def test_no_config_field_is_declared_twice():
         TRPOConfig,
     )
     from alignkit.trainers.rlaif import RLAIFConfig
-    from alignkit.training.config import RunConfig, SamplingConfig, SeedConfig, TrainConfig
+    from alignkit.training.config import RunConfig, SamplingConfig, SeedConfig, TokenizeConfig, TrainConfig
 
     classes = (RunConfig, TrainConfig, OnlineConfig, SFTConfig, RewardConfig, DPOConfig, ReinforceConfig, PPOConfig,
                TRPOConfig, BestOfNConfig, RLAIFConfig, GenerateJob)
@@ -118,13 +118,15 @@ def test_no_config_field_is_declared_twice():
         by_name = {f.name: f for f in dataclasses.fields(cls)}
         for name in overrides:  # an override keeps the base field's help text
             assert by_name[name].metadata["help"]
-    shared = {f.name for f in dataclasses.fields(SamplingConfig)} | {"seed"}
+    shared = {f.name for f in (*dataclasses.fields(SamplingConfig), *dataclasses.fields(TokenizeConfig))} | {"seed"}
     for name in shared:
         declared_in = [cls.__name__ for cls in classes if name in cls.__dict__.get("__annotations__", {})
                        and name not in cls.__dict__.get("__default_overrides__", ())]
-        assert declared_in == [], (name, declared_in)  # only SamplingConfig / SeedConfig declare them
+        assert declared_in == [], (name, declared_in)  # only SamplingConfig / TokenizeConfig / SeedConfig do
     assert {"seed"} == set(SeedConfig.__annotations__)
     for cls in (OnlineConfig, BestOfNConfig, RLAIFConfig, GenerateJob):
         assert issubclass(cls, SamplingConfig) and issubclass(cls, SeedConfig)
+    for cls in (SFTConfig, RewardConfig, DPOConfig):
+        assert issubclass(cls, TokenizeConfig)
     for name in ("lora", "mixed_precision", "gradient_checkpointing", "learning_rate", "save_steps", "on_nonfinite"):
         assert name in RunConfig.__annotations__ and name in {f.name for f in dataclasses.fields(OnlineConfig)}
