@@ -6,7 +6,8 @@ python -m tests.train.run_online OUT_JSON OUTPUT_ROOT KIND[,KIND...] [--steps N]
 KIND: reinforce-<baseline> (none, batch, prompt, loo, grpo, grpo-noscale), reinforce-multi (batch baseline,
 two minibatches x two micro-batches: the off-policy clipped surrogate), ppo (separate critic, adaptive KL,
 two minibatches x two micro-batches), ppo-shared (value head on the policy's trunk), trpo, bon (Best-of-N
-output: every candidate, the chosen completions, the scores and the summary), rlaif (AI-labelled pairs).
+output: every candidate, the chosen completions, the scores and the summary), rlaif (AI-labelled pairs),
+nan-skip (a NaN reward on one process only, skipped on every process).
 Writes (rank 0) {kind: {"history": [...], "tokens": [[...] per step], "params": {name: flat list}}}.
 """
 
@@ -80,7 +81,27 @@ def run_rlaif_labels(tok, prompts):
             "rank0": accelerator.is_main_process, "world_size": accelerator.num_processes}
 
 
+def nan_on_one_process(prompts, completions, **_):
+    """A reward that is NaN on the last process's second call only (the others score normally)."""
+    nan_on_one_process.calls = getattr(nan_on_one_process, "calls", 0) + 1
+    last = torch.distributed.is_initialized() and torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+    bad = last and nan_on_one_process.calls == 2
+    return [float("nan") if bad else float("good" in c.split()) for c in completions]
+
+
+def run_nan_skip(output_dir, tok, prompts):
+    """REINFORCE with on_nonfinite=skip and a NaN reward on one process at step 2: every process skips it."""
+    cfg = ReinforceConfig(**dict(BASE, output_dir=output_dir, num_steps=3), on_nonfinite="skip")
+    torch.manual_seed(0)
+    trainer = ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, nan_on_one_process)
+    history = trainer.train()
+    return {"history": history, "tokens": [], "params": {}, "rank0": trainer.accelerator.is_main_process,
+            "world_size": trainer.world_size, "skipped": trainer.skipped_updates}
+
+
 def run(kind: str, output_dir: str, args, tok, prompts):
+    if kind == "nan-skip":
+        return run_nan_skip(output_dir, tok, prompts)
     if kind == "bon":
         return run_best_of_n(tok, prompts)
     if kind == "rlaif":

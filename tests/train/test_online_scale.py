@@ -86,6 +86,16 @@ def test_resume_of_a_two_process_online_run_equals_the_uninterrupted_run(tmp_pat
     _assert_same_run(straight, resumed, "ppo resumed", atol=1e-6)
 
 
+@pytest.mark.slow
+def test_an_invalid_reward_on_one_process_is_skipped_on_every_process(tmp_path):
+    # the processes agree before any update: a lone process that skipped would leave the others waiting in
+    # the gradient all-reduce
+    _run([tmp_path / "nan.json", tmp_path / "nan", "nan-skip"], processes=2, port=29565)
+    run = _load(tmp_path / "nan.json")["nan-skip"]
+    assert run["world_size"] == 2 and run["skipped"] == 1
+    assert [h["step"] for h in run["history"]] == [1, 3] and run["history"][-1]["skipped_updates"] == 1.0
+
+
 def test_impossible_splits_fail_at_config_time_with_the_numbers():
     with pytest.raises(ValueError, match=r"prompts_per_step=3 must be divisible by the number of processes \(2\)"):
         OnlineConfig(prompts_per_step=3, samples_per_prompt=2).validate(world_size=2)

@@ -460,7 +460,8 @@ class OnlineTrainer(TrainingLoop):
         except InvalidRewardError as err:
             error = err
         if self.agree(error is not None):
-            raise error or InvalidRewardError(f"step {self.step + 1}: another process got an invalid reward")
+            raise error or InvalidRewardError(f"step {self.step + 1}: another process got an invalid reward",
+                                              source_name="another process")
         if fused:
             start = time.perf_counter()
             self.model.train()
