@@ -19,7 +19,8 @@ from pathlib import Path
 from benchmarks.common import NOISY_FRACTION, contention, cpu_snapshot, machine_info, write_json
 
 SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training",
-          "online": "benchmarks.online", "classic": "benchmarks.classic"}
+          "online": "benchmarks.online", "classic": "benchmarks.classic",
+          "generation_real": "benchmarks.generation_real"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
