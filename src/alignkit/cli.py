@@ -497,7 +497,7 @@ def _rlaif(config, policy, tok, prompts: list[str]) -> None:
     from .models import RewardModel
     from .trainers import DPOConfig, RewardConfig
     from .trainers.rlaif import RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
-    from .training.loop import make_accelerator
+    from .training.distributed import make_accelerator
 
     out = Path(config.output_dir)
     accelerator = make_accelerator()  # several processes: each samples and judges a share of the pairs
@@ -524,7 +524,7 @@ def _bon(config, policy, tok, prompts: list[str], reward, columns: dict) -> None
 
     from .generation import KVCacheGenerator
     from .trainers import best_of_n
-    from .training.loop import make_accelerator
+    from .training.distributed import make_accelerator
     from .training.report import append_samples, write_report
 
     accelerator = make_accelerator()  # several processes: each samples and scores a share of the prompts

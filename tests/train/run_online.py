@@ -51,7 +51,7 @@ def run_best_of_n(tok, prompts):
     """Best-of-N (n 3, the win-rate sample too) over the processes' shares of 10 prompts (not divisible)."""
     from alignkit.generation import KVCacheGenerator
     from alignkit.trainers import BestOfNConfig, best_of_n
-    from alignkit.training.loop import make_accelerator
+    from alignkit.training.distributed import make_accelerator
 
     accelerator = make_accelerator()
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def run_rlaif_labels(tok, prompts):
     """RLAIF labelling (2 pairs per prompt, redraws of identical pairs, a rule judge) over 7 prompts."""
     from alignkit.generation import KVCacheGenerator
     from alignkit.trainers import RLAIFConfig, label_pairs_with_judge
-    from alignkit.training.loop import make_accelerator
+    from alignkit.training.distributed import make_accelerator
 
     accelerator = make_accelerator()
     torch.manual_seed(0)

@@ -45,6 +45,7 @@ from ..generation.base import Generator, SamplingParams
 from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
 from ..rollout import decode_completions, tokenize_prompts
 from ..training.config import SamplingConfig, SeedConfig, option
+from ..training.distributed import gather_objects, process_share
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
 
@@ -270,10 +271,7 @@ def best_of_n(
     stats["prompts_truncated"] = float(n_truncated)
     t = _lap(stats, "time/tokenize_s", t)
 
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-    share = -(-len(prompts) // world_size)
-    mine = range(rank * share, min((rank + 1) * share, len(prompts)))
+    mine = process_share(len(prompts), rank, world_size)
     texts: list[list[str]] = []  # [P][m]
     scores, finished = [], []  # [b, m] per batch
     for start in range(mine.start, mine.stop, config.batch_size):
@@ -298,8 +296,7 @@ def best_of_n(
     all_scores_m = torch.cat(scores) if scores else torch.zeros(0, m)  # [P (this share), m]
     finished_m = torch.cat(finished) if finished else torch.zeros(0, m, dtype=torch.bool)
     if world_size > 1:
-        parts: list = [None] * world_size
-        torch.distributed.all_gather_object(parts, (texts, all_scores_m, finished_m, stats))
+        parts = gather_objects((texts, all_scores_m, finished_m, stats), world_size)
         texts = [row for part in parts for row in part[0]]
         all_scores_m = torch.cat([part[1] for part in parts])
         finished_m = torch.cat([part[2] for part in parts])

@@ -56,6 +56,7 @@ from ..rewards.base import InvalidRewardError
 from ..rollout import Rollout, collect_rollout, response_token_logits
 from ..training.batching import EpochBatcher
 from ..training.config import RunConfig, SamplingConfig, option, with_defaults
+from ..training.distributed import gather_objects, process_share
 from ..training.loop import NonFiniteLossError, TrainingLoop, prepare_trainable
 from ..training.optim import build_optimizer, build_scheduler
 from ..training.report import append_samples
@@ -152,8 +153,8 @@ def policy_forward(policy, rollout: Rollout, index: torch.Tensor, temperature: f
 
 
 class OnlineTrainer(TrainingLoop):
-    """Base of the online trainers. Subclasses implement ``compute_advantages`` and ``micro_loss`` (or
-    override ``update``).
+    """Base of the online trainers. Subclasses implement ``compute_advantages`` and ``micro_loss`` (and may
+    override ``update``, as TRPO does for its policy step).
 
     Args:
         config: an :class:`OnlineConfig` (or subclass).
@@ -195,6 +196,7 @@ class OnlineTrainer(TrainingLoop):
             self.policy, tokenizer.eos_token_id, tokenizer.pad_token_id,
             weights_dtype=torch.bfloat16 if config.mixed_precision == "bf16" else None, own_weights=self.sharded)
         trained = self.trained_module()
+        self.trains_policy_alone = trained is self.policy  # else a wrapper around it (PPO's shared trunk)
         optimizer = build_optimizer(trained, config.learning_rate, config.weight_decay,
                                     (config.adam_beta1, config.adam_beta2), config.adam_eps)
         self.scheduler = build_scheduler(optimizer, config.lr_scheduler, config.warmup_steps,
@@ -218,7 +220,8 @@ class OnlineTrainer(TrainingLoop):
         return None
 
     def trained_module(self) -> torch.nn.Module:
-        """The module the main optimiser trains (default the policy; PPO's shared trunk: policy + head)."""
+        """The module the main optimiser trains, built once at construction (default the policy; PPO's shared
+        trunk: policy + value head)."""
         return self.policy
 
     def critic(self):
@@ -229,12 +232,12 @@ class OnlineTrainer(TrainingLoop):
     def compute_advantages(self, rollout: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Advantages (and returns, for a critic) of this rollout (the whole step's, on every process)."""
 
+    @abstractmethod
     def micro_loss(self, rollout: Rollout, batch: dict[str, torch.Tensor], rows: torch.Tensor, normalizer: float,
                    multi: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of this process's ``rows`` of a micro-batch: their sum / ``normalizer`` (the global
         minibatch's tokens or sequences), and its metrics. ``multi``: the rollout is used for more than one
         optimiser step (the update is off-policy after the first)."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither micro_loss nor update")
 
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Update the policy (and critic) on the rollout; returns metrics (default: :meth:`run_updates`)."""
@@ -276,11 +279,6 @@ class OnlineTrainer(TrainingLoop):
     def on_logged_step(self) -> None:
         if self.accelerator.is_main_process and self._last_rollout is not None:
             self.log_samples(self._last_rollout)
-
-    def write_report(self) -> None:
-        from ..training.report import write_report
-
-        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}")
 
     # ------------------------------------------------------------------------------------ helpers
     @contextmanager
@@ -437,14 +435,14 @@ class OnlineTrainer(TrainingLoop):
 
     def rollout_policy(self):
         """The module the rollout's no-grad policy forwards run on."""
-        return self.model if self.trained_module() is self.policy else self.policy
+        return self.model if self.trains_policy_alone else self.policy
 
     def rollout(self) -> Rollout:
         """Sample and score this process's share of the step's prompts, then gather the whole rollout."""
         cfg = self.config
         idx = self.batcher.next_batch()
-        share = len(idx) // self.world_size
-        mine = idx[self.rank * share : (self.rank + 1) * share]
+        share = process_share(len(idx), self.rank, self.world_size)  # whole: validate() made it divide
+        mine = idx[share.start : share.stop]
         prompts = [self.prompts[i] for i in mine]
         columns = {k: [v[i] for i in mine] for k, v in self.columns.items()}
         penalty = None if math.isnan(cfg.missing_eos_penalty) else cfg.missing_eos_penalty
@@ -453,7 +451,7 @@ class OnlineTrainer(TrainingLoop):
         try:
             local = collect_rollout(
                 prompts, self.tokenizer, self.generator, self.reward_fn, self.rollout_policy(),
-                self.sampling(first_prompt_index=self.rank * share), reference=self.reference, critic=self.critic(),
+                self.sampling(first_prompt_index=share.start), reference=self.reference, critic=self.critic(),
                 columns=columns, missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
                 prompt_truncation=cfg.prompt_truncation, forward_batch_size=cfg.forward_batch_size or None,
                 policy_logprobs=not fused, autocast=self.autocast)
@@ -480,8 +478,7 @@ class OnlineTrainer(TrainingLoop):
         """Every process's share, in rank order (= global prompt order), as one rollout on every process."""
         if self.world_size == 1:
             return local
-        parts: list = [None] * self.world_size
-        torch.distributed.all_gather_object(parts, local.to("cpu"))
+        parts = gather_objects(local.to("cpu"), self.world_size)
         return Rollout.concat(parts, self.tokenizer.pad_token_id).to(self.accelerator.device)
 
     def rollout_metrics(self, rollout: Rollout, beta: float) -> dict[str, float]:

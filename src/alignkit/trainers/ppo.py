@@ -90,10 +90,9 @@ class PPOTrainer(OnlineTrainer):
 
     def trained_module(self):
         if self.config.shared_trunk:
-            if self.joint is None:
-                from ..models.value import PolicyWithValueHead
+            from ..models.value import PolicyWithValueHead
 
-                self.joint = PolicyWithValueHead(self.policy)
+            self.joint = PolicyWithValueHead(self.policy)
             return self.joint
         return self.policy
 

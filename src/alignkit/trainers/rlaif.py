@@ -54,6 +54,7 @@ from ..generation.base import Completions, Generator, SamplingParams, row_stream
 from ..rollout import tokenize_prompts
 from ..training import TrainConfig, option
 from ..training.config import SamplingConfig, SeedConfig
+from ..training.distributed import gather_objects, process_share
 from .dpo import DPOConfig, DPOTrainer
 from .reward_model import RewardConfig, RewardTrainer
 
@@ -271,10 +272,7 @@ def label_pairs_with_judge(
         raise ValueError("no prompts given")
     token_ids, _ = tokenize_prompts(tokenizer, prompts, config.max_prompt_length or None, config.prompt_truncation)
     slots = [i for i in range(len(prompts)) for _ in range(config.pairs_per_prompt)]  # slot -> prompt index
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-    share = -(-len(slots) // world_size)
-    mine = range(rank * share, min((rank + 1) * share, len(slots)))
+    mine = process_share(len(slots), rank, world_size)
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw
     reasons: dict[int, str | None] = {}
     stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
@@ -314,8 +312,7 @@ def label_pairs_with_judge(
         probs.update(zip(chunk, got, strict=True))
     stats["time/judge_s"] = time.perf_counter() - t
     if world_size > 1:
-        parts: list = [None] * world_size
-        torch.distributed.all_gather_object(parts, (pairs, reasons, probs, stats, resampled))
+        parts = gather_objects((pairs, reasons, probs, stats, resampled), world_size)
         pairs, reasons, probs = ({k: v for part in parts for k, v in part[j].items()} for j in range(3))
         stats = {key: (max if key.startswith("time/") else sum)(part[3][key] for part in parts) for key in stats}
         resampled = sum(part[4] for part in parts)

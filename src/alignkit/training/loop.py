@@ -45,6 +45,7 @@ import torch
 from .batching import EpochBatcher
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import RunConfig, TrainConfig
+from .distributed import make_accelerator
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -57,20 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seed the global RNG user code draws from
     torch.manual_seed(seed)
-
-
-def make_accelerator():
-    """The ``accelerate.Accelerator`` every trainer runs on.
-
-    Several processes without CUDA (``torchrun`` / ``accelerate launch`` on CPUs) must ask Accelerate for
-    CPU data parallelism explicitly (``cpu=True``: gloo); otherwise each process would silently train alone.
-    """
-    import os
-
-    from accelerate import Accelerator
-
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=several and not torch.cuda.is_available())
 
 
 def prepare_trainable(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
@@ -371,12 +358,11 @@ class Trainer(TrainingLoop):
 
     def write_report(self) -> None:
         """Sample completions, then ``report.html`` with plots (main process; see training/report.py)."""
-        from .report import append_samples, write_report
+        from .report import append_samples
 
         if self.config.num_samples:
             append_samples(self.run_dir, self.step, self.sample_rows())
-        write_report(self.run_dir, title=f"alignkit {self.name}: {self.run_dir.resolve().name}",
-                     summary=self.report_summary)
+        super().write_report()
 
     def save_final(self, path: Path) -> None:
         """Save the final model so that transformers' (or peft's) from_pretrained loads it (a scalar-head model
