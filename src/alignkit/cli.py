@@ -33,6 +33,9 @@ class ModelJob:
 
     model: str = option("", "policy / base model: a local directory saved by transformers (required)")
     trust_remote_code: bool = option(False, "allow the model's own Python code to run (off unless you trust it)")
+    pad_policy: str = option("reuse", "a tokenizer without a pad distinct from EOS: reuse (pad with UNK, else EOS; "
+                                      "no new token), add (a new <pad>; embeddings resized) or error",
+                             choices=("reuse", "add", "error"))
 
 
 @dataclass
@@ -398,7 +401,7 @@ def run(command: str, config) -> None:
     from .data import load_rows, tokenize_preferences, tokenize_sft
     from .models import RewardModel, load_causal_lm, load_tokenizer
 
-    tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
     policy = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
     _save_resolved(config)
     fmt = getattr(config, "data_format", "") or None
@@ -484,7 +487,7 @@ def _judge(config):
     if config.judge_url:
         key = os.environ[config.judge_api_key_env] if config.judge_api_key_env else None
         return HTTPChatJudge(config.judge_url, config.judge_name, api_key=key, **extra)
-    tok = load_tokenizer(config.judge_model, trust_remote_code=config.trust_remote_code)
+    tok = load_tokenizer(config.judge_model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
     model = load_causal_lm(config.judge_model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
     return LocalLMJudge(model, tok, **extra)
 
@@ -570,7 +573,10 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
     from .rollout import completion_rows, tokenize_prompts
     from .training.report import append_samples, write_report
 
-    ids, _ = tokenize_prompts(tok, prompts, config.max_prompt_length or None, config.prompt_truncation)
+    ids, n_cut = tokenize_prompts(tok, prompts, config.max_prompt_length or None, config.prompt_truncation)
+    if n_cut:
+        print(f"{n_cut} of {len(prompts)} prompts were longer than max_prompt_length={config.max_prompt_length}: "
+              "kept their last tokens")
     comp = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id).generate(ids, config.sampling())
     rows = completion_rows(tok, comp, prompts)
     path = Path(config.output_dir) / "completions.jsonl"

@@ -176,7 +176,7 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "error"
+    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "left"
 ) -> tuple[list[list[int]], int]:
     """Tokenise prompts (special tokens as the tokenizer adds them). Returns (ids, number truncated).
 
@@ -321,7 +321,7 @@ def collect_rollout(
     columns: dict[str, list] | None = None,
     missing_eos_penalty: float | None = None,
     max_prompt_length: int | None = None,
-    prompt_truncation: str = "error",
+    prompt_truncation: str = "left",
     forward_batch_size: int | None = None,
     policy_logprobs: bool = True,
     autocast: Callable[[], AbstractContextManager] | None = None,

@@ -132,20 +132,36 @@ def test_remote_code_is_off_and_safetensors_on_by_default(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------ (h) pad policy
-def _word_tokenizer(pad_token=None):
+def _word_tokenizer(pad_token=None, unk_token="<unk>"):
     """A word-level tokenizer whose vocabulary has no '<pad>' (ids: <s>=0, </s>=1, <unk>=2, words 3..)."""
     words = "the cat sat on a mat and dog ran".split()
     vocab = {tok: i for i, tok in enumerate(["<s>", "</s>", "<unk>", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token=unk_token,
                                    pad_token=pad_token, padding_side="right")
 
 
 @pytest.mark.parametrize("pad_token", [None, "</s>"], ids=["no_pad", "pad_is_eos"])
-def test_missing_or_eos_pad_gets_a_dedicated_pad_token_and_the_model_is_resized(tmp_path, pad_token):
+def test_by_default_a_missing_or_eos_pad_becomes_unk_and_the_vocabulary_never_grows(tmp_path, pad_token):
     _word_tokenizer(pad_token).save_pretrained(tmp_path)
     tok = load_tokenizer(tmp_path)
+    assert tok.pad_token == "<unk>" and tok.pad_token_id == 2 and len(tok) == 12
+    model = load_causal_lm(build_tiny_llama(seed=0, **{**TINY, "vocab_size": 12}), tokenizer=tok)
+    assert model.get_input_embeddings().num_embeddings == 12 and model.config.pad_token_id == 2
+
+
+def test_without_unk_the_default_pads_with_eos_or_keeps_a_pad_that_is_eos():
+    tok = load_tokenizer(_word_tokenizer(None, unk_token=None))
+    assert tok.pad_token_id == tok.eos_token_id == 1 and len(tok) == 12
+    tok = load_tokenizer(_word_tokenizer("</s>", unk_token=None))
+    assert tok.pad_token_id == tok.eos_token_id == 1 and len(tok) == 12
+
+
+@pytest.mark.parametrize("pad_token", [None, "</s>"], ids=["no_pad", "pad_is_eos"])
+def test_pad_policy_add_gives_a_dedicated_pad_token_and_the_model_is_resized(tmp_path, pad_token):
+    _word_tokenizer(pad_token).save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path, pad_policy="add")
     assert tok.pad_token == "<pad>" and tok.pad_token_id == 12 and len(tok) == 13  # appended after 12 tokens
     assert tok.pad_token_id != tok.eos_token_id
 

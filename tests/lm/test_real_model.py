@@ -42,6 +42,11 @@ def test_gguf_checkpoint_loads_as_a_llama_and_saves_as_safetensors(smol):
     out, tok, model = smol
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
+    # the default pad policy reuses a token: UNK (<|endoftext|>) instead of the pad that is EOS (<|im_end|>),
+    # so the vocabulary and the embeddings keep their 49,152 rows
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == tok.unk_token == "<|endoftext|>"
+    assert len(tok) == 49152 and model.get_input_embeddings().num_embeddings == 49152
+    assert model.config.pad_token_id == tok.pad_token_id
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     ids = torch.tensor([tok("The capital of France is")["input_ids"]])
     with torch.no_grad():

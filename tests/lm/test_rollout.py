@@ -68,7 +68,7 @@ def test_bad_rewards_and_prompts_are_named(setup):
     with pytest.raises(ValueError, match="index 1"):
         collect_rollout(["the cat", "a dog"], tok, gen, lambda p, c: [1.0, float("nan")], model, sp)
     with pytest.raises(ValueError, match="prompt 1 has 5 tokens"):
-        collect_rollout(["the", "the cat sat on a"], tok, gen, count_good, model, sp, max_prompt_length=3)
-    ro = collect_rollout(["the", "the cat sat on a"], tok, gen, count_good, model, sp, max_prompt_length=3,
-                         prompt_truncation="left")
+        collect_rollout(["the", "the cat sat on a"], tok, gen, count_good, model, sp, max_prompt_length=3,
+                        prompt_truncation="error")
+    ro = collect_rollout(["the", "the cat sat on a"], tok, gen, count_good, model, sp, max_prompt_length=3)
     assert ro.stats["prompts_truncated"] == 1.0 and ro.prompt_mask.sum(-1).max() == 3

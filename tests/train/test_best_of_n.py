@@ -211,4 +211,5 @@ def test_bad_inputs_error(tok, generator):
     with pytest.raises(ValueError, match="column 'answer' must have one value per prompt"):
         best_of_n(["w1", "w2"], tok, generator, hash_reward, cfg, columns={"answer": ["a"]})
     with pytest.raises(ValueError, match="prompt 1 has 3 tokens"):
-        best_of_n(["w1", "w1 w2 w3"], tok, generator, hash_reward, BestOfNConfig(n=2, max_prompt_length=2))
+        best_of_n(["w1", "w1 w2 w3"], tok, generator, hash_reward,
+                  BestOfNConfig(n=2, max_prompt_length=2, prompt_truncation="error"))

@@ -8,10 +8,14 @@ with dropout disabled; so do we. :func:`disable_dropout` zeroes every ``nn.Dropo
 dropout attribute of modules and configs (Llama's attention reads ``self.attention_dropout``, copied from
 the config at construction, and calls the functional dropout itself: no ``nn.Dropout`` module to find).
 
-Why a dedicated pad token (see :func:`load_tokenizer`). Many tokenizers have none (GPT-2, Llama 2,
-Mistral), and the usual workaround ``pad = eos`` makes every mask built from ``ids != pad_id`` hide the
-real EOS that ends a response: the response loses its last token in the loss, and transformers'
-sequence-classification pooling (last token that is not the pad id) reads the reward *before* the EOS.
+Pad token (see :func:`ensure_pad_token`). Many tokenizers have none (GPT-2, Llama 2, Mistral) or use their
+EOS as pad (SmolLM2-Instruct). alignkit never finds real tokens by ``ids != pad_id``: every mask is an
+explicit attention / response mask (:mod:`alignkit.models.padding`), so any id can pad. The default policy
+(``"reuse"``, as TRL does) therefore never grows a pretrained model's vocabulary: it keeps the tokenizer's
+pad, else takes its UNK, else its EOS. Adding a dedicated ``"<pad>"`` (and resizing the embeddings) is
+opt-in (``pad_policy="add"``): it matters only for a reward model exported to plain transformers, whose
+sequence-classification pooling reads "the last id that is not the pad id" and so would read the score
+*before* a final EOS when pad == EOS.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ __all__ = [
     "resolve_model_path",
 ]
 
-PAD_POLICIES = ("add", "error")
+PAD_POLICIES = ("reuse", "add", "error")
 DEFAULT_PAD_TOKEN = "<pad>"
 
 # Attribute names that hold a dropout probability across architectures: attention_dropout, hidden_dropout,
@@ -233,26 +237,29 @@ def load_causal_lm(
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
-def ensure_pad_token(tokenizer, pad_policy: str = "add", pad_token: str = DEFAULT_PAD_TOKEN):
-    """Make sure ``tokenizer`` has a pad token distinct from its EOS token (modifies it in place).
+def ensure_pad_token(tokenizer, pad_policy: str = "reuse", pad_token: str = DEFAULT_PAD_TOKEN):
+    """Make sure ``tokenizer`` has a pad token (modifies it in place); by default without new tokens.
 
-    Policy (``pad_policy``):
+    Policy (``pad_policy``), applied when there is no pad token or ``pad_token_id == eos_token_id``:
 
-    * ``"add"`` (default): if there is no pad token, or ``pad_token_id == eos_token_id``, add ``pad_token``
-      (``"<pad>"``) as a new special token. The vocabulary may grow by one: resize the model's embeddings
-      with :func:`resize_for_tokenizer` (or pass ``tokenizer=`` to :func:`load_causal_lm`). The new rows are
-      initialised to the mean of the old ones (transformers' ``mean_resizing``), so the pad token starts with
-      an average token's probability; samplers should never emit it (they stop at EOS and write pad after).
-    * ``"error"``: raise instead, for setups where the vocabulary must not change (a reference model or a
-      reward model that shares the vocabulary and was not resized).
-
-    Why not ``pad = eos``: masks built from ``ids != pad_id`` would hide the real EOS (module docstring).
-    Why not reuse another existing token (unk): it can occur in real text and would be masked too.
+    * ``"reuse"`` (default; TRL's choice of existing tokens): pad with the UNK token if there is one
+      distinct from EOS (SmolLM2-Instruct: ``<|endoftext|>`` instead of its pad ``<|im_end|>`` = EOS), else
+      keep the pad that equals EOS, else (no pad at all) EOS. The vocabulary and the model's embeddings never
+      change. Safe because alignkit builds every mask explicitly, never from ``ids != pad_id``; UNK first
+      because a reward model exported to plain transformers pools at "the last id that is not the pad id",
+      which with pad == EOS reads the score before a final EOS
+      (:meth:`~alignkit.models.RewardModel.save_pretrained` warns when that is the case).
+    * ``"add"``: add ``pad_token`` (``"<pad>"``) as a new special token when the pad is missing or equals
+      EOS. The vocabulary grows by one: resize the model's embeddings with :func:`resize_for_tokenizer`
+      (or pass ``tokenizer=`` to :func:`load_causal_lm`); the new row is initialised to the mean of the
+      old ones (transformers' ``mean_resizing``). A LoRA adapter then has to save the resized embeddings.
+    * ``"error"``: raise when the pad is missing or equals EOS, for setups that must be told.
 
     Returns:
-        ``tokenizer``.
+        ``tokenizer``, with ``pad_token_id is not None``.
     Raises:
-        ValueError: ``pad_policy="error"`` and the pad token is missing or equals EOS; or an unknown policy.
+        ValueError: an unknown policy; ``"error"`` with no pad or pad == EOS; ``"reuse"`` on a tokenizer with
+            neither pad, UNK nor EOS.
     """
     if pad_policy not in PAD_POLICIES:
         raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {pad_policy!r}")
@@ -261,11 +268,25 @@ def ensure_pad_token(tokenizer, pad_policy: str = "add", pad_token: str = DEFAUL
         return tokenizer
     problem = "has no pad token" if pad_id is None else f"uses its EOS token {tokenizer.eos_token!r} as pad token"
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if pad_policy == "reuse":
+        unk_id = tokenizer.unk_token_id
+        if unk_id is not None and unk_id != eos_id:
+            tokenizer.pad_token = tokenizer.unk_token
+            return tokenizer
+        if pad_id is not None:
+            return tokenizer
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+            return tokenizer
+        raise ValueError(
+            f"tokenizer {name!r} has no pad, UNK or EOS token to pad with; use pad_policy='add' to add "
+            f"{pad_token!r} (the model's embeddings are then resized)"
+        )
     if pad_policy == "error":
         raise ValueError(
-            f"tokenizer {name!r} {problem}; pad_policy='error' refuses to change the vocabulary. Use "
-            f"pad_policy='add' to add a dedicated {pad_token!r} token (then resize the model with "
-            "resize_for_tokenizer), or give the tokenizer a pad token distinct from EOS yourself."
+            f"tokenizer {name!r} {problem}; pad_policy='error' refuses to choose one. Use pad_policy='reuse' "
+            f"(UNK or EOS pads, no new token) or 'add' (a dedicated {pad_token!r}; the model is resized), or "
+            "give the tokenizer a pad token distinct from EOS yourself."
         )
     tokenizer.add_special_tokens({"pad_token": pad_token})
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -276,17 +297,18 @@ def ensure_pad_token(tokenizer, pad_policy: str = "add", pad_token: str = DEFAUL
     return tokenizer
 
 
-def load_tokenizer(path_or_tokenizer, trust_remote_code: bool = False, pad_policy: str = "add"):
-    """Load a tokenizer (``AutoTokenizer``) and guarantee a pad token distinct from EOS.
+def load_tokenizer(path_or_tokenizer, trust_remote_code: bool = False, pad_policy: str = "reuse"):
+    """Load a tokenizer (``AutoTokenizer``) and guarantee a pad token.
 
     Args:
         path_or_tokenizer: a tokenizer directory, a ``.gguf`` file or Hub id, or a tokenizer object (changed
             in place).
         trust_remote_code: allow a custom tokenizer class's code from the checkpoint. Off by default.
-        pad_policy: ``"add"`` (default: add ``"<pad>"`` when missing or equal to EOS; the model then needs
-            :func:`resize_for_tokenizer`) or ``"error"``. See :func:`ensure_pad_token`.
+        pad_policy: ``"reuse"`` (default: the tokenizer's pad, else UNK, else EOS; no new token), ``"add"``
+            (a new ``"<pad>"``; the model then needs :func:`resize_for_tokenizer`) or ``"error"``. See
+            :func:`ensure_pad_token`.
     Returns:
-        The tokenizer, with ``pad_token_id is not None`` and ``pad_token_id != eos_token_id``.
+        The tokenizer, with ``pad_token_id is not None``.
     """
     if isinstance(path_or_tokenizer, (str, os.PathLike)):
         path = resolve_model_path(path_or_tokenizer)

@@ -270,12 +270,14 @@ def label_pairs_with_judge(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
-    token_ids, _ = tokenize_prompts(tokenizer, prompts, config.max_prompt_length or None, config.prompt_truncation)
+    token_ids, n_cut = tokenize_prompts(tokenizer, prompts, config.max_prompt_length or None,
+                                        config.prompt_truncation)
     slots = [i for i in range(len(prompts)) for _ in range(config.pairs_per_prompt)]  # slot -> prompt index
     mine = process_share(len(slots), rank, world_size)
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw
     reasons: dict[int, str | None] = {}
-    stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
+    stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0,
+             "prompts_truncated": float(n_cut)}
     resampled = 0
 
     # 1-2. sample; redraw the pairs that carry no preference
@@ -314,7 +316,9 @@ def label_pairs_with_judge(
     if world_size > 1:
         parts = gather_objects((pairs, reasons, probs, stats, resampled), world_size)
         pairs, reasons, probs = ({k: v for part in parts for k, v in part[j].items()} for j in range(3))
-        stats = {key: (max if key.startswith("time/") else sum)(part[3][key] for part in parts) for key in stats}
+        # every process tokenised all prompts: their truncation count is the same, not a share
+        stats = {key: (max if key.startswith("time/") or key == "prompts_truncated" else sum)(
+            part[3][key] for part in parts) for key in stats}
         resampled = sum(part[4] for part in parts)
 
     # 4. rows, and an account of every pair that is not one
