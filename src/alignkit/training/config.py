@@ -78,7 +78,7 @@ class SamplingConfig:
     top_k: int = option(0, "top-k sampling (0 = off); the policy gradient assumes untruncated sampling")
     top_p: float = option(1.0, "nucleus sampling (1 = off)")
     max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
-    prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log), or is an error",
+    prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log) or is an error",
                                     choices=("error", "left"))
 
     def sampling_kwargs(self) -> dict:
