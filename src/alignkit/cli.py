@@ -573,7 +573,7 @@ def _generate(config, policy, tok, prompts: list[str]) -> None:
     from .rollout import completion_rows, tokenize_prompts
     from .training.report import append_samples, write_report
 
-    ids, n_cut = tokenize_prompts(tok, prompts, config.max_prompt_length or None, config.prompt_truncation)
+    ids, n_cut = tokenize_prompts(tok, prompts, **config.prompt_kwargs())
     if n_cut:
         print(f"{n_cut} of {len(prompts)} prompts were longer than max_prompt_length={config.max_prompt_length}: "
               "kept their last tokens")

@@ -176,13 +176,19 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "left"
+    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "left",
+    chat_template: str = "off", system_prompt: str = "",
 ) -> tuple[list[list[int]], int]:
-    """Tokenise prompts (special tokens as the tokenizer adds them). Returns (ids, number truncated).
+    """Tokenise prompts. Returns (ids, number truncated).
 
+    ``chat_template`` / ``system_prompt``: see :func:`alignkit.data.chat.render_prompt` (``"on"``: each prompt
+    becomes a user turn, after the system prompt, rendered by the tokenizer's chat template and tokenised
+    without added special tokens; ``"off"``: the text as is, special tokens as the tokenizer adds them).
     ``truncation``: ``"error"`` raises on a prompt longer than ``max_prompt_length`` naming its index;
     ``"left"`` keeps its last ``max_prompt_length`` tokens (the end of a prompt matters most for the reply).
     """
+    from .data.chat import render_prompt
+
     if truncation not in ("error", "left"):
         raise ValueError(f"prompt truncation must be 'error' or 'left', got {truncation!r}")
     ids = []
@@ -190,7 +196,8 @@ def tokenize_prompts(
     for i, text in enumerate(prompts):
         if not isinstance(text, str):
             raise TypeError(f"prompt {i} must be a string, got {type(text).__name__}")
-        tokens = tokenizer(text)["input_ids"]
+        text, rendered = render_prompt(text, tokenizer, chat_template, system_prompt)
+        tokens = tokenizer(text, add_special_tokens=not rendered)["input_ids"]
         if not tokens:
             raise ValueError(f"prompt {i} tokenises to nothing: {text!r}")
         if max_prompt_length is not None and len(tokens) > max_prompt_length:
@@ -322,6 +329,7 @@ def collect_rollout(
     missing_eos_penalty: float | None = None,
     max_prompt_length: int | None = None,
     prompt_truncation: str = "left",
+    prompt_kwargs: dict | None = None,
     forward_batch_size: int | None = None,
     policy_logprobs: bool = True,
     autocast: Callable[[], AbstractContextManager] | None = None,
@@ -342,6 +350,8 @@ def collect_rollout(
             repeated per sample.
         missing_eos_penalty: score given to responses that never produced EOS (None: keep their score).
         max_prompt_length, prompt_truncation: see :func:`tokenize_prompts`.
+        prompt_kwargs: all of :func:`tokenize_prompts`' settings at once (``SamplingConfig.prompt_kwargs()``,
+            chat template included); replaces ``max_prompt_length`` and ``prompt_truncation``.
         forward_batch_size: micro-batch size for the log-prob and value forwards (None: all at once).
         policy_logprobs: False leaves ``logprobs`` to the caller (``None`` here): a trainer whose update is
             one on-policy step fills them from the update's own forward pass (see
@@ -355,7 +365,9 @@ def collect_rollout(
 
     stats: dict[str, float] = {}
     t = time.perf_counter()
-    prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, max_prompt_length, prompt_truncation)
+    if prompt_kwargs is None:
+        prompt_kwargs = {"max_prompt_length": max_prompt_length, "truncation": prompt_truncation}
+    prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, **prompt_kwargs)
     stats["prompts_truncated"] = float(n_truncated)
 
     t = _lap(stats, "time/tokenize_s", t)

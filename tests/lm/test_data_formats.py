@@ -226,3 +226,28 @@ def test_a_template_that_rewrites_the_prompt_cannot_be_split():
     with pytest.raises(DataError, match="does not start with its rendering of the prompt") as e:
         split_messages(CHAT, Rewriting())
     assert e.value.field == "messages"
+
+
+def test_a_prompt_is_rendered_as_a_user_turn_after_the_system_prompt_only_when_asked():
+    from alignkit.data.chat import render_prompt
+
+    tok = _TemplateTokenizer()
+    assert render_prompt("2+2?", tok) == ("2+2?", False)  # off: the text as is
+    text, rendered = render_prompt("2+2?", tok, "on", "End with #### N.")
+    assert rendered and text == ("<|im_start|>system\nEnd with #### N.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+                                 "<|im_start|>assistant\n")
+    assert render_prompt("2+2?", tok, "auto")[0].endswith("<|im_start|>assistant\n")
+    assert render_prompt("2+2?", None, "auto") == ("2+2?", False)  # no template: auto is off
+
+
+@pytest.mark.parametrize("mode, tokenizer, system, match", [
+    ("on", None, "", "chat_template=on but the tokenizer"),
+    ("off", _TemplateTokenizer(), "Be brief.", "system_prompt is set but no chat template is applied"),
+    ("auto", None, "Be brief.", "the tokenizer has none"),
+    ("yes", None, "", "chat_template must be one of"),
+])
+def test_a_prompt_that_cannot_be_rendered_as_asked_is_an_error(mode, tokenizer, system, match):
+    from alignkit.data.chat import render_prompt
+
+    with pytest.raises(ValueError, match=match):
+        render_prompt("2+2?", tokenizer, mode, system)

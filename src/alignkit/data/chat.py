@@ -26,7 +26,16 @@ from collections.abc import Sequence
 
 from .errors import DataError
 
-__all__ = ["DEFAULT_MESSAGE_FORMAT", "DEFAULT_GENERATION_PROMPT", "render_messages", "split_messages"]
+__all__ = [
+    "CHAT_TEMPLATE_MODES",
+    "DEFAULT_MESSAGE_FORMAT",
+    "DEFAULT_GENERATION_PROMPT",
+    "render_messages",
+    "render_prompt",
+    "split_messages",
+]
+
+CHAT_TEMPLATE_MODES = ("off", "on", "auto")
 
 DEFAULT_MESSAGE_FORMAT = "{role}: {content}\n"
 DEFAULT_GENERATION_PROMPT = "assistant:"
@@ -76,3 +85,38 @@ def split_messages(messages: Sequence[dict], tokenizer=None) -> tuple[str, str]:
     if not completion.strip():
         raise DataError("the last assistant turn renders to nothing after the prompt", field="messages")
     return prompt, completion
+
+
+def render_prompt(prompt: str, tokenizer, chat_template: str = "off", system_prompt: str = "") -> tuple[str, bool]:
+    """A prompt as the text the model is sampled from: ``(text, rendered_with_a_template)``.
+
+    ``chat_template``:
+
+    * ``"off"``: the prompt as is (base models, or prompts already rendered); ``system_prompt`` must be empty.
+    * ``"on"``: ``[{"role": "system", "content": system_prompt}]`` (when given) and ``{"role": "user",
+      "content": prompt}``, rendered by the tokenizer's chat template with the generation prompt; a
+      tokenizer without a template is an error.
+    * ``"auto"``: ``"on"`` when the tokenizer has a chat template, else ``"off"`` (then a ``system_prompt``
+      is an error: it would be silently dropped).
+
+    Text rendered by a template already holds the special tokens the model expects (BOS where the template
+    writes it): tokenise it with ``add_special_tokens=False``, as TRL does.
+
+    >>> render_prompt("What is 2+2?", None)
+    ('What is 2+2?', False)
+    """
+    if chat_template not in CHAT_TEMPLATE_MODES:
+        raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_MODES}, got {chat_template!r}")
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "on" and not has_template:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"chat_template=on but the tokenizer {name!r} has no chat template (use chat_template=off)")
+    if chat_template == "off" or not has_template:
+        if system_prompt:
+            raise ValueError("system_prompt is set but no chat template is applied (chat_template="
+                             f"{chat_template!r}{'' if has_template else ', and the tokenizer has none'}); "
+                             "it would be ignored")
+        return prompt, False
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": prompt}]
+    return render_messages(messages, tokenizer, add_generation_prompt=True), True

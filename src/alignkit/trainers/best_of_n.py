@@ -44,7 +44,7 @@ import torch
 from ..generation.base import Generator, SamplingParams
 from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
 from ..rollout import decode_completions, tokenize_prompts
-from ..training.config import SamplingConfig, SeedConfig, option
+from ..training.config import SamplingConfig, SeedConfig, check_choices, option
 from ..training.distributed import gather_objects, process_share
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
@@ -94,8 +94,7 @@ class BestOfNConfig(SeedConfig, SamplingConfig):
             raise ValueError(f"batch_size (prompts per generate call) must be >= 1, got {self.batch_size}")
         if self.max_prompt_length < 0:
             raise ValueError(f"max_prompt_length must be >= 0 (0 = no limit), got {self.max_prompt_length}")
-        if self.prompt_truncation not in ("error", "left"):
-            raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}")
+        check_choices(self)  # prompt_truncation, chat_template
         self.sampling_params(0)  # SamplingParams validates max/min_new_tokens, temperature, top_k, top_p
 
     @property
@@ -265,9 +264,7 @@ def best_of_n(
     stats = {"time/tokenize_s": 0.0, "time/generate_s": 0.0, "time/decode_s": 0.0, "time/score_s": 0.0}
 
     t = time.perf_counter()
-    prompt_ids, n_truncated = tokenize_prompts(
-        tokenizer, prompts, config.max_prompt_length or None, config.prompt_truncation
-    )
+    prompt_ids, n_truncated = tokenize_prompts(tokenizer, prompts, **config.prompt_kwargs())
     stats["prompts_truncated"] = float(n_truncated)
     t = _lap(stats, "time/tokenize_s", t)
 

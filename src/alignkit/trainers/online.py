@@ -452,8 +452,8 @@ class OnlineTrainer(TrainingLoop):
             local = collect_rollout(
                 prompts, self.tokenizer, self.generator, self.reward_fn, self.rollout_policy(),
                 self.sampling(first_prompt_index=share.start), reference=self.reference, critic=self.critic(),
-                columns=columns, missing_eos_penalty=penalty, max_prompt_length=cfg.max_prompt_length or None,
-                prompt_truncation=cfg.prompt_truncation, forward_batch_size=cfg.forward_batch_size or None,
+                columns=columns, missing_eos_penalty=penalty, prompt_kwargs=cfg.prompt_kwargs(),
+                forward_batch_size=cfg.forward_batch_size or None,
                 policy_logprobs=not fused, autocast=self.autocast)
         except InvalidRewardError as err:
             error = err

@@ -53,7 +53,7 @@ import torch
 from ..generation.base import Completions, Generator, SamplingParams, row_stream_seed
 from ..rollout import tokenize_prompts
 from ..training import TrainConfig, option
-from ..training.config import SamplingConfig, SeedConfig
+from ..training.config import SamplingConfig, SeedConfig, check_choices
 from ..training.distributed import gather_objects, process_share
 from .dpo import DPOConfig, DPOTrainer
 from .reward_model import RewardConfig, RewardTrainer
@@ -122,8 +122,7 @@ class RLAIFConfig(SeedConfig, SamplingConfig):
                 f"min_confidence must lie in [0.5, 1) (the judge's probability of the preferred response; 0.5 keeps "
                 f"every pair but exact ties), got {self.min_confidence!r}"
             )
-        if self.prompt_truncation not in ("error", "left"):
-            raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}")
+        check_choices(self)  # prompt_truncation, chat_template
         SamplingParams(**self.sampling_kwargs(), n=2)  # min_new_tokens <= max_new_tokens, top_k >= 0, ...
 
     @property
@@ -270,8 +269,7 @@ def label_pairs_with_judge(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
-    token_ids, n_cut = tokenize_prompts(tokenizer, prompts, config.max_prompt_length or None,
-                                        config.prompt_truncation)
+    token_ids, n_cut = tokenize_prompts(tokenizer, prompts, **config.prompt_kwargs())
     slots = [i for i in range(len(prompts)) for _ in range(config.pairs_per_prompt)]  # slot -> prompt index
     mine = process_share(len(slots), rank, world_size)
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw

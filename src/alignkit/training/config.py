@@ -80,6 +80,16 @@ class SamplingConfig:
     max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
     prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log) or is an error",
                                     choices=("error", "left"))
+    chat_template: str = option("off", "render each prompt as a user turn with the tokenizer's chat template: on, "
+                                       "off (the text as is) or auto (on when the tokenizer has a template)",
+                                choices=("off", "on", "auto"))
+    system_prompt: str = option("", "a system turn before each prompt (needs the chat template applied)")
+
+    def prompt_kwargs(self) -> dict:
+        """``max_prompt_length``, ``truncation``, ``chat_template``, ``system_prompt`` for
+        :func:`alignkit.rollout.tokenize_prompts` (and :func:`~alignkit.rollout.collect_rollout`)."""
+        return {"max_prompt_length": self.max_prompt_length or None, "truncation": self.prompt_truncation,
+                "chat_template": self.chat_template, "system_prompt": self.system_prompt}
 
     def sampling_kwargs(self) -> dict:
         """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_k``, ``top_p`` for SamplingParams."""
