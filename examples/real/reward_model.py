@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import SHARED_DATA, metrics, read_jsonl, smollm2_checkpoint, split_rows, write_jsonl, write_result
-
 from alignkit.cli import main as alignkit
+from common import SHARED_DATA, metrics, read_jsonl, smollm2_checkpoint, split_rows, write_jsonl, write_result
 
 
 def run(args) -> dict:
