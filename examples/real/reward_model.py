@@ -34,7 +34,8 @@ def run(args) -> dict:
     settings = [
         "--config", "configs/reward.yaml", f"model={model}", f"train_file={train_file}", f"eval_file={eval_file}",
         f"output_dir={out}", f"seed={args.seed}", "lora=true", "lora_r=16", "lora_alpha=32",
-        f"learning_rate={args.learning_rate}", "mixed_precision=bf16", f"max_length={args.max_length}", f"max_prompt_length={args.max_length * 2 // 3}",
+        f"learning_rate={args.learning_rate}", "mixed_precision=bf16", f"max_length={args.max_length}",
+        f"max_prompt_length={args.max_length * 2 // 3}",
         f"batch_size={args.batch_size}", f"eval_steps={args.eval_steps}", "num_samples=0", "progress=false",
         "tensorboard=false", f"max_steps={args.max_steps}", "warmup_steps=5",
     ]
