@@ -6,6 +6,7 @@ safetensors checkpoint, which the other tests load."""
 import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,23 @@ def test_chat_template_renders_and_splits_on_the_real_tokenizer(smol):
     assert prompt.rstrip().endswith("<|im_start|>assistant")
     split_prompt, completion = split_messages(messages, tok)
     assert split_prompt == prompt and completion.startswith("2 + 3 = 5.") and tok.eos_token in completion
+
+
+def test_gsm8k_preset_prompts_are_rendered_by_the_real_chat_template_with_its_system_prompt(smol):
+    import yaml
+
+    from alignkit.rollout import tokenize_prompts
+
+    _, tok, _ = smol
+    preset = yaml.safe_load(open(Path(__file__).parents[2] / "configs" / "grpo_gsm8k.yaml"))
+    question = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
+    [ids], _ = tokenize_prompts(tok, [question], chat_template=preset["chat_template"],
+                                system_prompt=preset["system_prompt"])
+    messages = [{"role": "system", "content": preset["system_prompt"]}, {"role": "user", "content": question}]
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert ids == tok(expected, add_special_tokens=False)["input_ids"]
+    assert "#### <number>" in expected and expected.endswith("<|im_start|>assistant\n")
+    assert expected.count("<|im_start|>") == 3  # system, user, assistant: no default system turn, no extra BOS
 
 
 def test_greedy_generation_is_token_identical_to_transformers_generate(smol):
