@@ -211,7 +211,8 @@ class ScalarHeadModel(nn.Module):
             warnings.warn(
                 f"config.pad_token_id == eos_token_id ({text_config.pad_token_id}): transformers' own pooling (last "
                 "id != pad) will read the score before a final EOS, unlike alignkit (attention mask). Give the "
-                "tokenizer a dedicated pad token (alignkit.models.load_tokenizer).",
+                "tokenizer a pad token that is not EOS (load_tokenizer pads with UNK when there is one; "
+                "pad_policy='add' adds <pad>).",
                 stacklevel=2,
             )
         self.model.save_pretrained(path, **kwargs)  # safetensors: the default since transformers 4.35
