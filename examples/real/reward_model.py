@@ -53,7 +53,8 @@ def run(args) -> dict:
         "command": "python examples/real/reward_model.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output_dir"),
         "alignkit_settings": settings,
-        "train_pairs": len(train), "held_out_pairs": len(held),
+        "train_pairs_available": len(train), "held_out_pairs": len(held),
+        "train_pairs_used": args.max_steps * args.batch_size if args.max_steps else len(train),
         "held_out_accuracy_curve": curve,
         "final_held_out_accuracy": curve[-1]["accuracy"] if curve else None,
         "train_accuracy_last_10_steps": sum(train_acc[-10:]) / max(1, len(train_acc[-10:])),

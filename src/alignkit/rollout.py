@@ -176,7 +176,7 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer, prompts: list[str], max_prompt_length: int | None = None, truncation: str = "left",
+    tokenizer, prompts: list[str], max_prompt_length: int | None = None, prompt_truncation: str = "left",
     chat_template: str = "off", system_prompt: str = "",
 ) -> tuple[list[list[int]], int]:
     """Tokenise prompts. Returns (ids, number truncated).
@@ -184,13 +184,13 @@ def tokenize_prompts(
     ``chat_template`` / ``system_prompt``: see :func:`alignkit.data.chat.render_prompt` (``"on"``: each prompt
     becomes a user turn, after the system prompt, rendered by the tokenizer's chat template and tokenised
     without added special tokens; ``"off"``: the text as is, special tokens as the tokenizer adds them).
-    ``truncation``: ``"error"`` raises on a prompt longer than ``max_prompt_length`` naming its index;
+    ``prompt_truncation``: ``"error"`` raises on a prompt longer than ``max_prompt_length`` naming its index;
     ``"left"`` keeps its last ``max_prompt_length`` tokens (the end of a prompt matters most for the reply).
     """
     from .data.chat import render_prompt
 
-    if truncation not in ("error", "left"):
-        raise ValueError(f"prompt truncation must be 'error' or 'left', got {truncation!r}")
+    if prompt_truncation not in ("error", "left"):
+        raise ValueError(f"prompt_truncation must be 'error' or 'left', got {prompt_truncation!r}")
     ids = []
     truncated = 0
     for i, text in enumerate(prompts):
@@ -201,7 +201,7 @@ def tokenize_prompts(
         if not tokens:
             raise ValueError(f"prompt {i} tokenises to nothing: {text!r}")
         if max_prompt_length is not None and len(tokens) > max_prompt_length:
-            if truncation == "error":
+            if prompt_truncation == "error":
                 raise ValueError(
                     f"prompt {i} has {len(tokens)} tokens, more than max_prompt_length={max_prompt_length} "
                     "(set prompt_truncation='left' to keep its last tokens)"
@@ -329,7 +329,8 @@ def collect_rollout(
     missing_eos_penalty: float | None = None,
     max_prompt_length: int | None = None,
     prompt_truncation: str = "left",
-    prompt_kwargs: dict | None = None,
+    chat_template: str = "off",
+    system_prompt: str = "",
     forward_batch_size: int | None = None,
     policy_logprobs: bool = True,
     autocast: Callable[[], AbstractContextManager] | None = None,
@@ -349,9 +350,8 @@ def collect_rollout(
         columns: extra per-prompt dataset columns (lists of length B) passed to the reward function,
             repeated per sample.
         missing_eos_penalty: score given to responses that never produced EOS (None: keep their score).
-        max_prompt_length, prompt_truncation: see :func:`tokenize_prompts`.
-        prompt_kwargs: all of :func:`tokenize_prompts`' settings at once (``SamplingConfig.prompt_kwargs()``,
-            chat template included); replaces ``max_prompt_length`` and ``prompt_truncation``.
+        max_prompt_length, prompt_truncation, chat_template, system_prompt: see :func:`tokenize_prompts`
+            (``SamplingConfig.prompt_kwargs()`` gives all four).
         forward_batch_size: micro-batch size for the log-prob and value forwards (None: all at once).
         policy_logprobs: False leaves ``logprobs`` to the caller (``None`` here): a trainer whose update is
             one on-policy step fills them from the update's own forward pass (see
@@ -365,9 +365,8 @@ def collect_rollout(
 
     stats: dict[str, float] = {}
     t = time.perf_counter()
-    if prompt_kwargs is None:
-        prompt_kwargs = {"max_prompt_length": max_prompt_length, "truncation": prompt_truncation}
-    prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, **prompt_kwargs)
+    prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, max_prompt_length, prompt_truncation,
+                                                  chat_template, system_prompt)
     stats["prompts_truncated"] = float(n_truncated)
 
     t = _lap(stats, "time/tokenize_s", t)

@@ -452,7 +452,7 @@ class OnlineTrainer(TrainingLoop):
             local = collect_rollout(
                 prompts, self.tokenizer, self.generator, self.reward_fn, self.rollout_policy(),
                 self.sampling(first_prompt_index=share.start), reference=self.reference, critic=self.critic(),
-                columns=columns, missing_eos_penalty=penalty, prompt_kwargs=cfg.prompt_kwargs(),
+                columns=columns, missing_eos_penalty=penalty, **cfg.prompt_kwargs(),
                 forward_batch_size=cfg.forward_batch_size or None,
                 policy_logprobs=not fused, autocast=self.autocast)
         except InvalidRewardError as err:

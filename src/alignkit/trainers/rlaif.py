@@ -274,8 +274,7 @@ def label_pairs_with_judge(
     mine = process_share(len(slots), rank, world_size)
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw
     reasons: dict[int, str | None] = {}
-    stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0,
-             "prompts_truncated": float(n_cut)}
+    stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
     resampled = 0
 
     # 1-2. sample; redraw the pairs that carry no preference
@@ -314,10 +313,9 @@ def label_pairs_with_judge(
     if world_size > 1:
         parts = gather_objects((pairs, reasons, probs, stats, resampled), world_size)
         pairs, reasons, probs = ({k: v for part in parts for k, v in part[j].items()} for j in range(3))
-        # every process tokenised all prompts: their truncation count is the same, not a share
-        stats = {key: (max if key.startswith("time/") or key == "prompts_truncated" else sum)(
-            part[3][key] for part in parts) for key in stats}
+        stats = {key: (max if key.startswith("time/") else sum)(part[3][key] for part in parts) for key in stats}
         resampled = sum(part[4] for part in parts)
+    stats["prompts_truncated"] = float(n_cut)  # every process tokenised all the prompts: not a share to sum
 
     # 4. rows, and an account of every pair that is not one
     rows, dropped = [], []

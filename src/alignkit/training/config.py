@@ -86,9 +86,9 @@ class SamplingConfig:
     system_prompt: str = option("", "a system turn before each prompt (needs the chat template applied)")
 
     def prompt_kwargs(self) -> dict:
-        """``max_prompt_length``, ``truncation``, ``chat_template``, ``system_prompt`` for
+        """``max_prompt_length``, ``prompt_truncation``, ``chat_template``, ``system_prompt`` for
         :func:`alignkit.rollout.tokenize_prompts` (and :func:`~alignkit.rollout.collect_rollout`)."""
-        return {"max_prompt_length": self.max_prompt_length or None, "truncation": self.prompt_truncation,
+        return {"max_prompt_length": self.max_prompt_length or None, "prompt_truncation": self.prompt_truncation,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt}
 
     def sampling_kwargs(self) -> dict:
