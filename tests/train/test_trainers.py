@@ -221,6 +221,28 @@ def test_lora_switch_trains_only_adapters_and_saves_a_peft_adapter(tok, tmp_path
         torch.testing.assert_close(reloaded(ids).logits, peft_model(ids).logits)
 
 
+def test_a_lora_reward_model_is_saved_merged_and_scores_the_same_when_loaded(tok, tmp_path):
+    """The final reward model of a LoRA run is a plain sequence-classification checkpoint: no adapter keys, no
+    weight transformers has to initialise, and the same scores as the trained model."""
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    rm = RewardModel.from_causal_lm(tasks.model(tok, hidden=64), pad_token_id=tok.pad_token_id)
+    cfg = RewardConfig(output_dir=str(tmp_path), batch_size=8, max_steps=3, learning_rate=1e-2, lora=True, lora_r=4,
+                       progress=False, tensorboard=False)
+    trainer = RewardTrainer(cfg, rm, _pref_examples(tok, 24), tokenizer=tok)
+    trainer.train()
+    with safe_open(str(tmp_path / "final" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if "lora_" in k or "base_layer" in k], keys
+    loaded, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits[:, 0], trained(ids, torch.ones_like(ids)))
+
+
 def test_a_margin_column_reaches_the_bradley_terry_loss_and_dpo_refuses_it(tok, tmp_path):
     from alignkit.data import DataError
 

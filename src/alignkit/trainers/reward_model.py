@@ -15,7 +15,6 @@ held-out pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..core.preference import bradley_terry_loss
 from ..training import TrainConfig, Trainer, option
@@ -89,8 +88,3 @@ class RewardTrainer(Trainer):
                  "reward_chosen": float(rewards[i]), "reward_rejected": float(rewards[b + i])}
                 for i, ex in enumerate(examples)]
 
-    def save_final(self, path: Path) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(str(path))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(path))
