@@ -20,7 +20,7 @@ from benchmarks.common import NOISY_FRACTION, contention, cpu_snapshot, machine_
 
 SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training",
           "online": "benchmarks.online", "classic": "benchmarks.classic",
-          "generation_real": "benchmarks.generation_real"}
+          "generation_real": "benchmarks.generation_real", "online_real": "benchmarks.online_real"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

@@ -94,29 +94,31 @@ def run_seed(seed: int, args, base: str) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group", type=int, default=8)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--held-out", type=int, default=69)
     p.add_argument("--eval-samples", type=int, default=4)
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     base = smollm2_checkpoint()
-    runs = [run_seed(seed, args, base) for seed in args.seeds]
-    gain = [r["after"]["sampled"] - r["before"]["sampled"] for r in runs]
-    result = {
-        "task": "GRPO (LoRA), a + b for a, b in 0..12, SmolLM2-135M-Instruct, chat template",
-        "command": "python examples/real/grpo_arithmetic.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v != ""),
-        "runs": runs,
-        "sampled_accuracy_gain_mean": statistics.mean(gain),
-        "target": "+0.10 held-out accuracy (absolute), over 3 seeds",
-    }
-    write_result("grpo_arithmetic" + (f"_{args.tag}" if args.tag else ""), result)
-    for r in runs:
-        print(r["seed"], r["before"], "->", r["after"])
+    command = "python examples/real/grpo_arithmetic.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if v != "")
+    runs = []
+    for seed in args.seeds:  # the result file is rewritten after every seed: a cut session keeps finished seeds
+        runs.append(run_seed(seed, args, base))
+        gain = [r["after"]["sampled"] - r["before"]["sampled"] for r in runs]
+        write_result("grpo_arithmetic" + (f"_{args.tag}" if args.tag else ""), {
+            "task": "GRPO (LoRA), a + b for a, b in 0..12, SmolLM2-135M-Instruct, chat template",
+            "command": command,
+            "runs": runs,
+            "seeds_finished": len(runs),
+            "sampled_accuracy_gain_mean": statistics.mean(gain),
+            "target": "+0.10 held-out accuracy (absolute), over 3 seeds",
+        })
+        print(runs[-1]["seed"], runs[-1]["before"], "->", runs[-1]["after"], flush=True)
 
 
 if __name__ == "__main__":
