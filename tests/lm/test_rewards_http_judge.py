@@ -30,7 +30,8 @@ class _Server(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def serve(answer):
-    """Run ``answer(request_json) -> (status, body bytes)`` as ``POST /v1/chat/completions`` on 127.0.0.1.
+    """Run ``answer(request_json) -> (status, body bytes[, headers])`` as ``POST /v1/chat/completions`` on
+    127.0.0.1.
 
     Yields (base_url, log) where log lists (path, headers, request_json) of every request received.
     """
@@ -42,8 +43,10 @@ def serve(answer):
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             request = json.loads(raw)
             log.append((self.path, dict(self.headers), request))
-            status, body = answer(request, stop)
+            status, body, *extra = answer(request, stop)
             self.send_response(status)
+            for key, value in (extra[0] if extra else {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -225,3 +228,25 @@ def test_parse_label_probs_sums_variants_and_renormalises():
     # log-probs present but no label among them: fall back to the content
     assert parse_label_probs(_completion(" B", [{"token": "x", "logprob": 0.0}]), ("A", "B"), "p") == [0.0, 1.0]
     assert parse_label_probs(_completion("**4**"), ("1", "2", "3", "4", "5"), "p") == [0, 0, 0, 1.0, 0]
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_refused_and_the_key_never_reaches_the_other_host(status):
+    with serve(marker_rule_endpoint) as (elsewhere, elsewhere_log):
+        def redirect(request, stop):
+            return status, b"", {"Location": elsewhere + "/chat/completions"}
+
+        with serve(redirect) as (url, log):
+            judge = _judge(url, api_key="SECRET-KEY", max_retries=2)
+            with pytest.raises(JudgeError, match=rf"HTTP {status} redirecting to .*127\.0\.0\.1.*not followed"):
+                judge.score(["p"], ["a MARKER"])  # one request
+    assert len(log) == 1 and log[0][1]["Authorization"] == "Bearer SECRET-KEY"  # a redirect is not retried
+    assert elsewhere_log == []
+
+
+def test_a_reply_longer_than_max_response_bytes_is_an_error():
+    with serve(lambda request, stop: (200, b"x" * 5000)) as (url, _):
+        with pytest.raises(JudgeError, match="more than max_response_bytes=4096"):
+            _judge(url, max_response_bytes=4096).prefer(["p"], ["a"], ["b"])
+    with pytest.raises(ValueError, match="max_response_bytes must be an integer >= 1"):
+        _judge("http://127.0.0.1:9/v1", max_response_bytes=0)

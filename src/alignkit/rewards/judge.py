@@ -35,6 +35,8 @@ import json
 import math
 import string
 import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -405,6 +407,18 @@ def parse_label_probs(body: bytes | str, labels: Sequence[str], where: str, sour
     return [1.0 if x == answer else 0.0 for x in stripped]
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows 301/302/303/307/308 by default, headers (the API key) included: refuse them all."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise JudgeError(f"judge endpoint {self.url} answered HTTP {code} redirecting to {_clip(newurl)!r}; "
+                         "redirects are not followed (the API key would be sent there): set base_url to the "
+                         "endpoint's final address")
+
+
 class HTTPChatJudge(Judge):
     """A judge behind an OpenAI-compatible chat endpoint (vLLM, SGLang, llama.cpp server, hosted APIs).
 
@@ -419,7 +433,8 @@ class HTTPChatJudge(Judge):
     ``timeout`` setting, anything else :class:`JudgeError`. Other HTTP statuses raise :class:`JudgeError`
     at once. A reply that is not JSON, lacks the fields, or names no allowed label raises ``ValueError``
     quoting it and naming the prompt index. The API key is sent as ``Authorization: Bearer`` and never
-    appears in messages.
+    appears in messages. Redirects are never followed (a redirect would carry the key to whatever host
+    the reply names): a 3xx reply raises :class:`JudgeError` naming where it pointed.
 
     Args:
         base_url: e.g. ``"http://127.0.0.1:8000/v1"`` (``/chat/completions`` is appended).
@@ -431,6 +446,7 @@ class HTTPChatJudge(Judge):
         top_logprobs: how many alternatives to request for the first answer token.
         max_tokens: answer length cap (1: just the label).
         max_concurrency: requests in flight at once (threads).
+        max_response_bytes: a longer reply is an error (the body is never read past this).
         system_prompt: optional system message sent before the judge prompt.
         proxies: ``urllib`` proxy mapping; None uses the environment's (``http_proxy``...), ``{}`` none.
         rubric, labels, template, score_labels, score_template, score_values: see :class:`Judge`.
@@ -450,6 +466,7 @@ class HTTPChatJudge(Judge):
         top_logprobs: int = 5,
         max_tokens: int = 1,
         max_concurrency: int = 4,
+        max_response_bytes: int = 1 << 20,
         system_prompt: str | None = None,
         proxies: dict[str, str] | None = None,
         rubric: str = DEFAULT_RUBRIC,
@@ -465,7 +482,8 @@ class HTTPChatJudge(Judge):
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         for name, value, low in (("max_retries", max_retries, 0), ("top_logprobs", top_logprobs, 0),
-                                 ("max_tokens", max_tokens, 1), ("max_concurrency", max_concurrency, 1)):
+                                 ("max_tokens", max_tokens, 1), ("max_concurrency", max_concurrency, 1),
+                                 ("max_response_bytes", max_response_bytes, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if retry_backoff < 0:
@@ -474,6 +492,7 @@ class HTTPChatJudge(Judge):
         self.model, self.timeout, self.max_retries = model, float(timeout), max_retries
         self.retry_backoff, self.top_logprobs, self.max_tokens = float(retry_backoff), top_logprobs, max_tokens
         self.max_concurrency, self.system_prompt, self.proxies = max_concurrency, system_prompt, proxies
+        self.max_response_bytes = max_response_bytes
         self._api_key = api_key
 
     def __repr__(self) -> str:
@@ -494,15 +513,13 @@ class HTTPChatJudge(Judge):
         return body
 
     def _post(self, text: str, where: str) -> bytes:
-        import urllib.error
-        import urllib.request
         from http.client import HTTPException
 
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         data = json.dumps(self.request_body(text)).encode("utf-8")
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler(self.proxies))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(self.proxies), _RefuseRedirects(self.url))
         attempts = self.max_retries + 1
         last = ""
         for attempt in range(1, attempts + 1):
@@ -511,7 +528,13 @@ class HTTPChatJudge(Judge):
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
                 with opener.open(request, timeout=self.timeout) as response:
-                    return response.read()
+                    body = response.read(self.max_response_bytes + 1)
+                if len(body) > self.max_response_bytes:
+                    raise JudgeError(f"judge endpoint {self.url} sent more than max_response_bytes="
+                                     f"{self.max_response_bytes} for {where}; a label reply is a few KiB")
+                return body
+            except JudgeError:
+                raise
             except urllib.error.HTTPError as e:
                 detail = _clip(e.read() if e.fp is not None else b"")
                 if e.code not in self.RETRY_STATUSES:
