@@ -97,6 +97,20 @@ def test_nan_rewards_stop_before_any_checkpoint_or_are_skipped_and_counted(tok, 
     assert history[-1]["skipped_updates"] == 1.0 and len(history) == 2
 
 
+def test_huge_finite_rewards_are_named_when_the_advantages_overflow(tok, prompts, tmp_path):
+    """Scores of +-3e38 are finite, but their batch mean overflows fp32: the error names the advantages and
+    the score range at that step, not a NaN policy loss later."""
+    from alignkit.training import NonFiniteLossError
+
+    def huge(prompts, completions, **_):
+        return [3e38 if i % 4 < 2 else -3e38 for i in range(len(completions))]
+
+    cfg = _cfg(ReinforceConfig, tmp_path, num_steps=2, baseline="batch", save_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 1: advantages.* not finite .*scores from -3e\+38 to 3e\+38"):
+        ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, huge).train()
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_resume_continues_with_the_same_losses_and_kl_controller(tok, prompts, tmp_path):
     def run(out, stop_after=None, resume=""):
         cfg = _cfg(PPOConfig, out, num_steps=4, kl_penalty="reward", kl_coef=0.1, adaptive_kl=True, kl_target=0.5,

@@ -152,6 +152,21 @@ def policy_forward(policy, rollout: Rollout, index: torch.Tensor, temperature: f
     return logp, entropy
 
 
+def check_finite_advantages(batch: dict[str, torch.Tensor], rollout: Rollout, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the tensors of ``batch`` (advantages, returns...) that are not
+    finite, with the range of the step's scores (which are finite by then: the rollout checks them). Huge
+    finite scores (e.g. +-3e38) overflow fp32 in a baseline or a normalisation; without this the run would
+    stop later at a NaN policy loss with no word of the rewards."""
+    bad = [name for name, t in batch.items() if torch.is_tensor(t) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    if bad:
+        scores = rollout.scores.float()
+        raise NonFiniteLossError(
+            f"step {step}: {', '.join(bad)} not finite although every score is (scores from {float(scores.min()):.3g} "
+            f"to {float(scores.max()):.3g}); scores this large overflow fp32 in the baseline or normalisation: "
+            "rescale the reward function's output")
+
+
 class OnlineTrainer(TrainingLoop):
     """Base of the online trainers. Subclasses implement ``compute_advantages`` and ``micro_loss`` (and may
     override ``update``, as TRPO does for its policy step).
@@ -510,6 +525,7 @@ class OnlineTrainer(TrainingLoop):
         metrics = self.rollout_metrics(rollout, beta)
         with self.timed("advantages"):
             batch = self.compute_advantages(rollout, beta)
+        check_finite_advantages(batch, rollout, self.step + 1)
         try:
             with self.timed("update"):
                 metrics.update(self.update(rollout, batch))
