@@ -353,3 +353,28 @@ def test_every_trainer_takes_lora_precision_and_checkpointing_switches(command, 
     text = capsys.readouterr().out
     for key in ("lora", "lora_r", "mixed_precision", "gradient_checkpointing", "on_nonfinite"):
         assert f"\n  {key}=" in text, (command, key)
+
+
+def test_a_prompt_file_column_missing_from_some_rows_is_named_before_the_model_loads(tiny_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Every row gets the reward's columns or none does: a row without 'answer' would reach the reward as None
+    and be scored 0 silently. Found before the model loads and before anything is written."""
+    import alignkit.models
+    from alignkit.data import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was validated")
+
+    monkeypatch.setattr(alignkit.models, "load_causal_lm", no_model)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "2+2=", "answer": "4"}\n{"prompt": "3+3="}\n{"prompt": "1+1=", "answer": "2"}\n')
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"prompts.jsonl line 2.*no 'answer' column, which 2 other rows"):
+        main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={out}",
+              "reward_fn=alignkit.rewards.rules:gsm8k_exact_match"])
+    assert not out.exists()
+    bad_sft = tmp_path / "sft.jsonl"
+    bad_sft.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(DataError, match="sft.jsonl line 2"):
+        main(["sft", f"model={tiny_dir / 'model'}", f"train_file={bad_sft}", f"output_dir={out}"])
+    assert not out.exists()

@@ -394,6 +394,23 @@ def run_classic(command: str, config) -> None:
     write_report(out, title=f"alignkit {command}: {out.resolve().name}", summary=flat, sections=sections)
 
 
+def prompt_columns(rows) -> dict[str, list]:
+    """The extra columns of prompt-file rows (e.g. GSM8K's ``answer``) as ``{name: [value per row]}``, for the
+    reward function. A column must be in every row: one missing from some rows is a DataError naming the
+    first such row (a reward would otherwise get ``None`` there and score it silently)."""
+    from .data import DataError
+
+    names = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+    for name in names:
+        missing = [i for i, r in enumerate(rows) if name not in r]
+        if missing:
+            where = rows.locations[missing[0]] if getattr(rows, "locations", None) else f"row {missing[0]}"
+            raise DataError(f"has no {name!r} column, which {len(rows) - len(missing)} other rows of the prompt file "
+                            f"have ({len(missing)} rows lack it); give every row the column or none",
+                            location=where)
+    return {name: [r[name] for r in rows] for name in names}
+
+
 def run(command: str, config) -> None:
     if command.startswith("classic "):
         run_classic(command, config)
@@ -401,16 +418,22 @@ def run(command: str, config) -> None:
     from .data import load_rows, tokenize_preferences, tokenize_sft
     from .models import RewardModel, load_causal_lm, load_tokenizer
 
-    tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
-    policy = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
-    _save_resolved(config)
+    # every data file is read and validated before the model loads or anything is written
     fmt = getattr(config, "data_format", "") or None
-    if command in ("sft", "reward", "dpo"):
-        from .trainers import DPOTrainer, RewardTrainer, SFTTrainer
-
+    offline = command in ("sft", "reward", "dpo")
+    if offline:
         train_rows = load_rows(config.train_file, format=fmt, skip_invalid=config.skip_invalid)
         eval_rows = load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file \
             else None
+    else:
+        rows = load_rows(config.prompts_file, skip_invalid=False)
+        prompts, columns = [r["prompt"] for r in rows], prompt_columns(rows)
+    tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
+    policy = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
+    _save_resolved(config)
+    if offline:
+        from .trainers import DPOTrainer, RewardTrainer, SFTTrainer
+
         if command == "sft":
             tokenize = lambda rows: tokenize_sft(rows, tok, **config.tokenize_kwargs())  # noqa: E731
         else:
@@ -427,9 +450,6 @@ def run(command: str, config) -> None:
     from .rewards import RewardModelScorer, resolve_reward_fn
     from .trainers import PPOTrainer, ReinforceTrainer, TRPOTrainer
 
-    rows = load_rows(config.prompts_file, skip_invalid=False)
-    prompts = [r["prompt"] for r in rows]
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     if command == "generate":
         _generate(config, policy, tok, prompts)
         return
