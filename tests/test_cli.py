@@ -378,3 +378,41 @@ def test_a_prompt_file_column_missing_from_some_rows_is_named_before_the_model_l
     with pytest.raises(DataError, match="sft.jsonl line 2"):
         main(["sft", f"model={tiny_dir / 'model'}", f"train_file={bad_sft}", f"output_dir={out}"])
     assert not out.exists()
+
+
+_OFFLINE = ["train_file={d}/sft.jsonl"]
+_ONLINE = ["prompts_file={d}/prompts.jsonl", "reward_fn=tests.train.tasks:has_good"]
+
+
+@pytest.mark.parametrize("command, extra, setting, message", [
+    ("sft", _OFFLINE, "weight_decay=-5", "weight_decay must be a finite number >= 0, got -5.0"),
+    ("sft", _OFFLINE, "max_grad_norm=-1", "max_grad_norm must be a finite number >= 0, got -1.0"),
+    ("sft", _OFFLINE, "learning_rate=inf", "learning_rate must be a finite number > 0, got inf"),
+    ("sft", _OFFLINE, "adam_beta1=2", "adam_beta1 must be in [0, 1), got 2.0"),
+    ("sft", _OFFLINE, "max_length=0", "max_length must be a finite number >= 1, got 0"),
+    ("sft", _OFFLINE, "num_epochs=inf", "num_epochs must be a finite number > 0, got inf"),
+    ("dpo", _OFFLINE, "beta=nan", "beta must be a finite number > 0, got nan"),
+    ("dpo", _OFFLINE, "label_smoothing=2", "label_smoothing must be in [0, 0.5), got 2.0"),
+    ("reinforce", _ONLINE, "learning_rate=0", "learning_rate must be a finite number > 0, got 0.0"),
+    ("reinforce", _ONLINE, "learning_rate=nan", "learning_rate must be a finite number > 0, got nan"),
+    ("reinforce", _ONLINE, "forward_batch_size=-3", "forward_batch_size must be a finite number >= 0, got -3"),
+    ("reinforce", _ONLINE, "entropy_coef=nan", "entropy_coef must be a finite number, got nan"),
+    ("ppo", _ONLINE, "vf_coef=nan", "vf_coef must be a finite number >= 0, got nan"),
+    ("ppo", _ONLINE, "clip_eps=-1", "clip_eps must be a finite number > 0, got -1.0"),
+    ("ppo", _ONLINE, "gamma=2", "gamma must be in [0, 1], got 2.0"),
+])
+def test_every_out_of_range_option_exits_2_naming_it_and_writes_nothing(command, extra, setting, message, tiny_dir,
+                                                                         tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = [e.format(d=tiny_dir) for e in extra]
+    assert main([command, f"model={tiny_dir / 'model'}", *extra, setting, f"output_dir={out}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_warmup_longer_than_the_run_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="warmup_steps=10 is more than the run's 3 optimiser steps"):
+        main(["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=3",
+              "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"])
+    assert not (out / "metrics.jsonl").exists()

@@ -44,7 +44,7 @@ import torch
 from ..generation.base import Generator, SamplingParams
 from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
 from ..rollout import decode_completions, tokenize_prompts
-from ..training.config import SamplingConfig, SeedConfig, check_choices, option
+from ..training.config import SamplingConfig, SeedConfig, check_options, option
 from ..training.distributed import gather_objects, process_share
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
@@ -94,7 +94,7 @@ class BestOfNConfig(SeedConfig, SamplingConfig):
             raise ValueError(f"batch_size (prompts per generate call) must be >= 1, got {self.batch_size}")
         if self.max_prompt_length < 0:
             raise ValueError(f"max_prompt_length must be >= 0 (0 = no limit), got {self.max_prompt_length}")
-        check_choices(self)  # prompt_truncation, chat_template
+        check_options(self)  # prompt_truncation, chat_template
         self.sampling_params(0)  # SamplingParams validates max/min_new_tokens, temperature, top_k, top_p
 
     @property

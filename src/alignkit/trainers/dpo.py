@@ -33,10 +33,11 @@ from ..training.config import TokenizeConfig
 class DPOConfig(TrainConfig, TokenizeConfig):
     """DPO settings."""
 
-    beta: float = option(0.1, "KL strength of the implied objective (IPO's tau)")
+    beta: float = option(0.1, "KL strength of the implied objective (IPO's tau)", bounds="(0, inf)")
     loss_type: str = option("sigmoid", "DPO-family loss (ipo: on summed log-probs; ipo-token-mean: on per-token "
                                        "means, as TRL's ipo)", choices=DPO_LOSS_TYPES)
-    label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped labels (sigmoid only)")
+    label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped labels (sigmoid only)",
+                                    bounds="[0, 0.5)")
     precompute_ref_logprobs: bool = option(True, "reference log-probs once up front (then drop the reference)")
 
 
@@ -59,10 +60,7 @@ class DPOTrainer(Trainer):
                  pad_token_id: int | None = None, reference=None):
         from ..data import PreferenceCollator
 
-        if config.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {config.beta}")
-        if config.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {config.loss_type!r}")
+        config.validate()  # beta, loss_type... before the data checks below
         pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             raise ValueError("DPOTrainer needs a pad token id (from the tokenizer or pad_token_id=)")

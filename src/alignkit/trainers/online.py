@@ -73,21 +73,23 @@ EXTREME_METRICS = {"ratio_min": "min", "ratio_max": "max"}
 class OnlineConfig(RunConfig, SamplingConfig):
     """Settings shared by the online trainers (the shared training fields come from ``RunConfig``)."""
 
-    num_steps: int = option(100, "rollout + update iterations")
-    prompts_per_step: int = option(8, "prompts sampled per step, over all processes")
-    samples_per_prompt: int = option(4, "completions per prompt (n); leave-one-out and GRPO need >= 2")
+    num_steps: int = option(100, "rollout + update iterations", bounds="[1, inf)")
+    prompts_per_step: int = option(8, "prompts sampled per step, over all processes", bounds="[1, inf)")
+    samples_per_prompt: int = option(4, "completions per prompt (n); leave-one-out and GRPO need >= 2",
+                                     bounds="[1, inf)")
     missing_eos_penalty: float = option(float("nan"), "score given to completions without EOS (nan = off)")
-    update_epochs: int = option(1, "passes over each rollout batch")
-    num_minibatches: int = option(1, "optimiser steps per pass over the rollout batch")
-    kl_coef: float = option(0.05, "beta: weight of KL(pi || pi_ref)")
+    update_epochs: int = option(1, "passes over each rollout batch", bounds="[1, inf)")
+    num_minibatches: int = option(1, "optimiser steps per pass over the rollout batch", bounds="[1, inf)")
+    kl_coef: float = option(0.05, "beta: weight of KL(pi || pi_ref)", bounds="[0, inf)")
     kl_penalty: str = option("reward", "where the KL goes", choices=("reward", "loss", "none"))
     kl_estimator: str = option("k1", "per-token KL estimator", choices=KL_ESTIMATORS)
     adaptive_kl: bool = option(False, "adapt beta towards kl_target (Ziegler et al. 2019)")
-    kl_target: float = option(6.0, "target sequence KL for the adaptive controller")
-    kl_horizon: int = option(10000, "horizon of the adaptive controller")
+    kl_target: float = option(6.0, "target sequence KL for the adaptive controller", bounds="(0, inf)")
+    kl_horizon: int = option(10000, "horizon of the adaptive controller", bounds="[1, inf)")
     loss_agg: str = option("token-mean", "loss aggregation", choices=LOSS_AGGREGATION_MODES)
-    entropy_coef: float = option(0.0, "entropy bonus weight")
-    forward_batch_size: int = option(0, "micro-batch for log-prob/value forwards in the rollout (0 = all)")
+    entropy_coef: float = option(0.0, "entropy bonus weight", bounds="(-inf, inf)")
+    forward_batch_size: int = option(0, "micro-batch for log-prob/value forwards in the rollout (0 = all)",
+                                     bounds="[0, inf)")
 
     @property
     def rollout_size(self) -> int:
@@ -101,10 +103,6 @@ class OnlineConfig(RunConfig, SamplingConfig):
     def validate(self, world_size: int = 1) -> None:
         """Fail at config time, naming the setting (and the numbers), before anything is written."""
         self.validate_run()
-        for name in ("num_steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "update_epochs",
-                     "num_minibatches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         per_update = self.num_minibatches * self.grad_accum_steps
         if per_update > self.rollout_size:
             raise ValueError(
@@ -125,10 +123,6 @@ class OnlineConfig(RunConfig, SamplingConfig):
                 f"each micro-batch holds {micro} sequences (rollout {self.rollout_size} / (num_minibatches "
                 f"{self.num_minibatches} x grad_accum_steps {self.grad_accum_steps})), which does not split over "
                 f"{world_size} processes: a process's share would be uneven or empty")
-        if self.kl_coef < 0 or not math.isfinite(self.kl_coef):
-            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
-        if self.forward_batch_size < 0 or self.max_prompt_length < 0:
-            raise ValueError("forward_batch_size and max_prompt_length must be >= 0 (0 = no limit)")
         self.sampling_params()
 
     def sampling_params(self, seed: int | None = None, first_prompt_index: int = 0) -> SamplingParams:

@@ -42,15 +42,15 @@ from .online import OnlineConfig, OnlineTrainer, policy_forward
 class PPOConfig(OnlineConfig):
     """PPO settings (see the module docstring for the variant)."""
 
-    gamma: float = option(1.0, "discount (seed 003: 1 works well for responses)")
-    lam: float = option(0.95, "GAE lambda")
-    clip_eps: float = option(0.2, "policy ratio clip")
-    vf_coef: float = option(0.1, "value-loss weight")
-    vf_clip: float = option(0.2, "value clip around the rollout-time values (0 = unclipped)")
-    critic_learning_rate: float = option(0.0, "critic learning rate (0 = the policy's)")
+    gamma: float = option(1.0, "discount (seed 003: 1 works well for responses)", bounds="[0, 1]")
+    lam: float = option(0.95, "GAE lambda", bounds="[0, 1]")
+    clip_eps: float = option(0.2, "policy ratio clip", bounds="(0, inf)")
+    vf_coef: float = option(0.1, "value-loss weight", bounds="[0, inf)")
+    vf_clip: float = option(0.2, "value clip around the rollout-time values (0 = unclipped)", bounds="[0, inf)")
+    critic_learning_rate: float = option(0.0, "critic learning rate (0 = the policy's)", bounds="[0, inf)")
     whiten_rewards: bool = option(False, "scale per-token rewards to unit variance (no mean shift)")
     whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 over the rollout")
-    target_kl: float = option(0.0, "stop the epochs early when approx_kl > 1.5 x this (0 = off)")
+    target_kl: float = option(0.0, "stop the epochs early when approx_kl > 1.5 x this (0 = off)", bounds="[0, inf)")
     shared_trunk: bool = option(False, "value head on the policy's trunk instead of a separate critic "
                                        "(with lora: the head trains with the adapters; else the critic is a "
                                        "LoRA'd copy of the base model)")

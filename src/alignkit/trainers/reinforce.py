@@ -38,7 +38,7 @@ class ReinforceConfig(OnlineConfig):
     """REINFORCE-family settings (see the module docstring for the variant)."""
 
     baseline: str = option("loo", "baseline subtracted from the sequence reward", choices=BASELINES)
-    clip_eps: float = option(0.2, "ratio clip used when a rollout is reused for several updates")
+    clip_eps: float = option(0.2, "ratio clip used when a rollout is reused for several updates", bounds="(0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)

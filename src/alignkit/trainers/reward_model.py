@@ -25,7 +25,8 @@ from ..training.config import TokenizeConfig
 class RewardConfig(TrainConfig, TokenizeConfig):
     """Reward-model settings."""
 
-    center_rewards_coef: float = option(0.0, "weight of the reward-centring term mean((r_w + r_l)^2)")
+    center_rewards_coef: float = option(0.0, "weight of the reward-centring term mean((r_w + r_l)^2)",
+                                        bounds="[0, inf)")
 
 
 class RewardTrainer(Trainer):

@@ -53,7 +53,7 @@ import torch
 from ..generation.base import Completions, Generator, SamplingParams, row_stream_seed
 from ..rollout import tokenize_prompts
 from ..training import TrainConfig, option
-from ..training.config import SamplingConfig, SeedConfig, check_choices
+from ..training.config import SamplingConfig, SeedConfig, check_options
 from ..training.distributed import gather_objects, process_share
 from .dpo import DPOConfig, DPOTrainer
 from .reward_model import RewardConfig, RewardTrainer
@@ -122,7 +122,7 @@ class RLAIFConfig(SeedConfig, SamplingConfig):
                 f"min_confidence must lie in [0.5, 1) (the judge's probability of the preferred response; 0.5 keeps "
                 f"every pair but exact ties), got {self.min_confidence!r}"
             )
-        check_choices(self)  # prompt_truncation, chat_template
+        check_options(self)  # prompt_truncation, chat_template
         SamplingParams(**self.sampling_kwargs(), n=2)  # min_new_tokens <= max_new_tokens, top_k >= 0, ...
 
     @property

@@ -36,11 +36,11 @@ from .ppo import PPOConfig, PPOTrainer
 class TRPOConfig(PPOConfig):
     """TRPO settings (see the module docstring for the variant)."""
 
-    max_kl: float = option(0.01, "trust-region radius delta on the mean per-token KL(pi_old || pi)")
-    damping: float = option(0.1, "Fisher damping lambda in (F + lambda I) x = g")
-    cg_iters: int = option(10, "conjugate-gradient iterations")
-    max_backtracks: int = option(10, "line-search halvings before the step is rejected")
-    accept_ratio: float = option(0.0, "minimum actual / predicted improvement to accept a step")
+    max_kl: float = option(0.01, "trust-region radius delta on the mean per-token KL(pi_old || pi)", bounds="(0, inf)")
+    damping: float = option(0.1, "Fisher damping lambda in (F + lambda I) x = g", bounds="[0, inf)")
+    cg_iters: int = option(10, "conjugate-gradient iterations", bounds="[1, inf)")
+    max_backtracks: int = option(10, "line-search halvings before the step is rejected", bounds="[0, inf)")
+    accept_ratio: float = option(0.0, "minimum actual / predicted improvement to accept a step", bounds="[0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)

@@ -12,6 +12,7 @@ Configs hold plain values only (numbers, strings, paths): nothing in them is eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from ..data.tokenize import TRUNCATION_MODES
@@ -51,12 +52,38 @@ def with_defaults(**defaults):
     return wrap
 
 
-def check_choices(config) -> None:
-    """Every field with ``choices`` in its metadata holds one of them (named in the error)."""
+def _parse_bounds(bounds: str) -> tuple[float, float, bool, bool]:
+    """``"[0, 1)"`` -> (0.0, 1.0, low closed, high open): an interval in the usual notation."""
+    low, high = (float(x) for x in bounds[1:-1].split(","))
+    return low, high, bounds[0] == "[", bounds[-1] == "]"
+
+
+def _bounds_text(bounds: str) -> str:
+    low, high, low_closed, high_closed = _parse_bounds(bounds)
+    if math.isinf(high) and math.isinf(low):
+        return "a finite number"
+    if math.isinf(high):
+        return f"a finite number {'>=' if low_closed else '>'} {low:g}"
+    return f"in {bounds}"
+
+
+def check_options(config) -> None:
+    """Every field with ``choices`` in its metadata holds one of them, and every field with ``bounds`` (an
+    interval such as ``"(0, inf)"`` or ``"[0, 1)"``) holds a finite number in it; the error names the field,
+    the allowed values and the value given. Called by every config's ``validate``, before anything is built."""
     for f in fields(config):
+        value = getattr(config, f.name)
         allowed = f.metadata.get("choices")
-        if allowed and getattr(config, f.name) not in allowed:
-            raise ValueError(f"{f.name} must be one of {tuple(allowed)}, got {getattr(config, f.name)!r}")
+        if allowed and value not in allowed:
+            raise ValueError(f"{f.name} must be one of {tuple(allowed)}, got {value!r}")
+        bounds = f.metadata.get("bounds")
+        if bounds is None:
+            continue
+        low, high, low_closed, high_closed = _parse_bounds(bounds)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high))
+        if not ok:
+            raise ValueError(f"{f.name} must be {_bounds_text(bounds)}, got {value!r}")
 
 
 @dataclass
@@ -72,12 +99,14 @@ class SamplingConfig:
     (each may set other defaults with :func:`with_defaults`). :meth:`sampling_kwargs` feeds
     ``alignkit.generation.SamplingParams``, which validates them."""
 
-    max_new_tokens: int = option(64, "longest completion, in tokens")
-    min_new_tokens: int = option(0, "EOS forbidden before this many tokens")
-    temperature: float = option(1.0, "sampling temperature (> 0); log-probs are computed at the same temperature")
-    top_k: int = option(0, "top-k sampling (0 = off); the policy gradient assumes untruncated sampling")
-    top_p: float = option(1.0, "nucleus sampling (1 = off)")
-    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)")
+    max_new_tokens: int = option(64, "longest completion, in tokens", bounds="[1, inf)")
+    min_new_tokens: int = option(0, "EOS forbidden before this many tokens", bounds="[0, inf)")
+    temperature: float = option(1.0, "sampling temperature (> 0); log-probs are computed at the same temperature",
+                                bounds="(0, inf)")
+    top_k: int = option(0, "top-k sampling (0 = off); the policy gradient assumes untruncated sampling",
+                        bounds="[0, inf)")
+    top_p: float = option(1.0, "nucleus sampling (1 = off)", bounds="(0, 1]")
+    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)", bounds="[0, inf)")
     prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log) or is an error",
                                     choices=("error", "left"))
     chat_template: str = option("off", "render each prompt as a user turn with the tokenizer's chat template: on, "
@@ -102,9 +131,9 @@ class TokenizeConfig:
     """How the offline trainers' rows become tokens (``alignkit.data.tokenize_sft`` / ``tokenize_preferences``),
     declared once for SFT, the reward model and DPO."""
 
-    max_length: int = option(512, "longest tokenised prompt + response")
+    max_length: int = option(512, "longest tokenised prompt + response", bounds="[1, inf)")
     max_prompt_length: int = option(0, "with truncation=fit, prompts are first cut from the left to this many "
-                                       "tokens (0 = no separate limit)")
+                                       "tokens (0 = no separate limit)", bounds="[0, inf)")
     truncation: str = option("fit", "longer rows: fit (cut the prompt's start, then the responses' end; counted, "
                                     "never stops the run), error, left (prompt only) or right (responses only)",
                              choices=TRUNCATION_MODES)
@@ -120,45 +149,40 @@ class RunConfig(SeedConfig):
     """Settings every trainer shares (offline and online)."""
 
     output_dir: str = option("runs/alignkit", "run directory: metrics, checkpoints, final model")
-    grad_accum_steps: int = option(1, "micro-batches per optimiser step on each process")
-    learning_rate: float = option(1e-5, "peak AdamW learning rate (the policy's, for the online trainers)")
-    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
-    adam_beta1: float = option(0.9, "AdamW beta1")
-    adam_beta2: float = option(0.999, "AdamW beta2")
-    adam_eps: float = option(1e-8, "AdamW epsilon")
+    grad_accum_steps: int = option(1, "micro-batches per optimiser step on each process", bounds="[1, inf)")
+    learning_rate: float = option(1e-5, "peak AdamW learning rate (the policy's, for the online trainers)",
+                                  bounds="(0, inf)")
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", bounds="[0, inf)")
+    adam_beta1: float = option(0.9, "AdamW beta1", bounds="[0, 1)")
+    adam_beta2: float = option(0.999, "AdamW beta2", bounds="[0, 1)")
+    adam_eps: float = option(1e-8, "AdamW epsilon", bounds="(0, inf)")
     lr_scheduler: str = option("linear", "learning-rate schedule after warmup",
                                choices=("linear", "cosine", "constant"))
-    warmup_steps: int = option(0, "optimiser steps of linear warmup from 0 to the peak learning rate")
-    max_grad_norm: float = option(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    warmup_steps: int = option(0, "optimiser steps of linear warmup from 0 to the peak learning rate",
+                               bounds="[0, inf)")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm to this (0 = no clipping)", bounds="[0, inf)")
     mixed_precision: str = option("no", "bf16: autocast forward passes (and sample from a bf16 copy of the "
                                   "policy, online); weights and optimiser stay fp32", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     lora: bool = option(False, "train LoRA adapters (peft) instead of all weights")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
+    lora_r: int = option(8, "LoRA rank", bounds="[1, inf)")
+    lora_alpha: int = option(16, "LoRA alpha", bounds="(0, inf)")
     on_nonfinite: str = option("raise", "a non-finite loss, gradient or reward: stop before anything is saved, "
                                "or skip that step's update and count it (skipped_updates)", choices=("raise", "skip"))
-    logging_steps: int = option(1, "log metrics every this many steps")
-    save_steps: int = option(0, "write a checkpoint every this many steps (0 = only the final model)")
-    save_total_limit: int = option(2, "keep at most this many checkpoints (the newest)")
+    logging_steps: int = option(1, "log metrics every this many steps", bounds="[1, inf)")
+    save_steps: int = option(0, "write a checkpoint every this many steps (0 = only the final model)",
+                             bounds="[0, inf)")
+    save_total_limit: int = option(2, "keep at most this many checkpoints (the newest)", bounds="[1, inf)")
     resume_from: str = option("", "checkpoint directory to continue from, or 'latest' in output_dir")
     tensorboard: bool = option(True, "write TensorBoard events too (needs the tensorboard package)")
     progress: bool = option(True, "show a progress bar with live metrics")
-    num_samples: int = option(4, "sample completions written to samples.jsonl and report.html (0 = none)")
+    num_samples: int = option(4, "sample completions written to samples.jsonl and report.html (0 = none)",
+                              bounds="[0, inf)")
 
     def validate_run(self) -> None:
-        """The shared fields' checks (each trainer's ``validate`` calls this first)."""
-        for name in ("grad_accum_steps", "logging_steps", "save_total_limit", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_steps", "warmup_steps", "num_samples"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        check_choices(self)
+        """The shared fields' checks (each trainer's ``validate`` calls this first): every option's choices and
+        bounds, in every class of the config."""
+        check_options(self)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -168,24 +192,18 @@ class RunConfig(SeedConfig):
 class TrainConfig(RunConfig):
     """The offline trainers' settings (SFT, reward model, DPO): passes over a fixed data set."""
 
-    batch_size: int = option(8, "examples (or pairs) per optimiser step, summed over processes and accumulation")
-    max_steps: int = option(0, "optimiser steps; 0 = num_epochs passes over the data")
-    num_epochs: float = option(1.0, "passes over the training data when max_steps is 0")
-    eval_steps: int = option(0, "evaluate every this many steps (0 = only at the end, if there is eval data)")
+    batch_size: int = option(8, "examples (or pairs) per optimiser step, summed over processes and accumulation",
+                             bounds="[1, inf)")
+    max_steps: int = option(0, "optimiser steps; 0 = num_epochs passes over the data", bounds="[0, inf)")
+    num_epochs: float = option(1.0, "passes over the training data when max_steps is 0", bounds="(0, inf)")
+    eval_steps: int = option(0, "evaluate every this many steps (0 = only at the end, if there is eval data)",
+                             bounds="[0, inf)")
     skip_invalid: bool = option(False, "skip malformed data rows (counted in the log) instead of failing")
-    sample_max_new_tokens: int = option(64, "longest sample completion for the report")
+    sample_max_new_tokens: int = option(64, "longest sample completion for the report", bounds="[1, inf)")
 
     def validate(self, world_size: int = 1) -> None:
         """Fail at config time, naming the setting, instead of a NaN three hours later."""
         self.validate_run()
-        for name in ("batch_size", "sample_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps == 0 and not self.num_epochs > 0:
-            raise ValueError(f"num_epochs must be > 0 when max_steps is 0, got {self.num_epochs}")
         per_step = self.grad_accum_steps * world_size
         if self.batch_size % per_step:
             raise ValueError(

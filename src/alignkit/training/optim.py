@@ -42,4 +42,7 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
     if kind not in ("linear", "cosine", "constant"):
         raise ValueError(f"lr_scheduler must be 'linear', 'cosine' or 'constant', got {kind!r}")
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is more than the run's {total_steps} optimiser steps: the "
+                         "learning rate would never reach learning_rate")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(kind, warmup_steps, total_steps))
