@@ -176,6 +176,32 @@ def test_nan_loss_stops_before_any_checkpoint(tok, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("save_steps", [1, 0])
+def test_a_weight_made_non_finite_by_an_update_is_never_saved(tok, tmp_path, save_steps):
+    """An update that leaves a NaN in a weight (here injected after step 2's update) stops the run before the
+    step-2 checkpoint or the final model is written, naming the parameter; the step-1 checkpoint stays loadable."""
+    from alignkit.training.checkpoint import resolve_resume
+
+    class PoisonedUpdate(SFTTrainer):
+        def on_step_end(self):
+            if self.step == 2:
+                with torch.no_grad():
+                    self.accelerator.unwrap_model(self.model).lm_head.weight[3, 1] = float("nan")
+
+    cfg = SFTConfig(output_dir=str(tmp_path), batch_size=8, max_steps=2, save_steps=save_steps, progress=False,
+                    tensorboard=False)
+    with pytest.raises(NonFiniteLossError, match=r"step 2: lm_head.weight is not finite, so the (step-2 checkpoint"
+                                                 r"|final model) is not saved"):
+        PoisonedUpdate(cfg, tasks.model(tok), _sft_examples(tok), tokenizer=tok).train()
+    assert not (tmp_path / "final").exists()
+    if save_steps:
+        assert resolve_resume("latest", tmp_path).name == "step-00000001"
+        resumed = SFTConfig(output_dir=str(tmp_path), batch_size=8, max_steps=2, save_steps=1, progress=False,
+                            tensorboard=False, resume_from="latest")
+        SFTTrainer(resumed, tasks.model(tok), _sft_examples(tok), tokenizer=tok).train()
+        assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
 def test_checkpoints_keep_last_and_reject_foreign_or_corrupt(tok, tmp_path):
     cfg = SFTConfig(output_dir=str(tmp_path), batch_size=8, max_steps=4, save_steps=1, save_total_limit=2,
                     progress=False, tensorboard=False)

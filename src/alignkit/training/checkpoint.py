@@ -7,9 +7,11 @@ Layout of ``<output_dir>/checkpoints/step-00000012/``:
     rng.pt              torch / python / numpy RNG states
     trainer_state.json  step, data position, trainer-specific state, model fingerprint
 
-A checkpoint is written to a temporary sibling directory and renamed into place only when complete, so a
-run killed while saving leaves the previous checkpoints intact; an incomplete temporary directory is
-never taken for a checkpoint. Only the newest ``keep`` checkpoints are kept.
+A checkpoint (and the final model, :func:`publish_directory`) is written to a temporary sibling directory,
+flushed to disk and renamed into place only when complete, so a run killed (or a disk filling up) while
+saving leaves the previous checkpoints intact; an incomplete temporary directory is never taken for a
+checkpoint, and the next run removes it (:func:`clean_stale_temporaries`). Only the newest ``keep``
+checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -102,12 +104,79 @@ def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, sc
             torch.save(module_optimizer.state_dict(), tmp / f"extra-{name}" / "optimizer.pt")
     state = {"step": step, "fingerprint": model_fingerprint(model), **trainer_state}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish_directory(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the data files were synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` (and ``root``) to disk."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync(Path(directory) / name)
+        _fsync(Path(directory))
+
+
+def publish_directory(tmp: Path, final: Path) -> None:
+    """Make the complete directory ``tmp`` appear as ``final`` atomically: flushed to disk, then renamed. An
+    existing ``final`` is first renamed to ``<final>.old-<pid>`` and removed after, so at every instant either
+    the old or the new ``final`` is whole (:func:`clean_stale_temporaries` restores the old one if a run dies
+    between the two renames)."""
+    fsync_tree(tmp)
+    old = final.parent / f"{final.name}.old-{os.getpid()}"
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (a pid reused after a crash) are stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left behind in ``output_dir``: ``final.tmp-<pid>`` and
+    ``checkpoints/step-*.tmp-<pid>`` of processes no longer alive; a ``final.old-<pid>`` with no ``final`` beside
+    it (a run died between the two renames of :func:`publish_directory`) becomes ``final`` again. Returns
+    the paths removed."""
+    out, removed = Path(output_dir), []
+    for parent in (out, out / "checkpoints"):
+        if not parent.is_dir():
+            continue
+        for path in parent.iterdir():
+            name, _, pid = path.name.rpartition("-")
+            if not (pid.isdigit() and (name.endswith(".tmp") or name.endswith(".old"))) or _pid_alive(int(pid)):
+                continue
+            live = parent / name[: -len(".old")]
+            if name.endswith(".old") and not live.exists():
+                os.replace(path, live)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _save_model_state(model: torch.nn.Module, path: Path) -> None:

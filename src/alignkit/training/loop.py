@@ -34,7 +34,9 @@ here too, once, for both families.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 
 from .batching import EpochBatcher
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import clean_stale_temporaries, load_checkpoint, publish_directory, resolve_resume, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .distributed import make_accelerator
 from .metrics import MetricsLogger
@@ -234,6 +236,7 @@ class TrainingLoop(ABC):
         self.logger.advance(self.step)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(self.run_dir)
             (self.run_dir / "config.json").write_text(json.dumps(
                 {"trainer": self.name, "processes": self.world_size, **cfg.to_dict()}, indent=2))
         self.on_train_start()
@@ -264,9 +267,13 @@ class TrainingLoop(ABC):
                 self.accelerator.wait_for_everyone()
                 return self.history
         self.on_train_end()
+        self.check_finite_state("the final model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.save_final(self.run_dir / "final")
+            tmp = self.run_dir / f"final.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.save_final(tmp)
+            publish_directory(tmp, self.run_dir / "final")
         self.logger.close()
         if self.accelerator.is_main_process:
             self.write_report()
@@ -277,7 +284,27 @@ class TrainingLoop(ABC):
         """Called on logged steps, after the metrics are written (e.g. the step's sample completions)."""
         return None
 
+    def check_finite_state(self, what: str) -> None:
+        """Raise :class:`NonFiniteLossError` before ``what`` is saved if a trained parameter or an optimiser state
+        tensor is not finite, naming the first one and the step. Every step already stops at a non-finite loss or
+        gradient norm, so such a value came from an update (e.g. a learning rate too large)."""
+        model, optimizer, _, extras = self.checkpoint_model()
+        modules = [("", model)] + [(f"{name}.", module) for name, (module, _) in extras.items()]
+        optimizers = [optimizer] + [opt for _, opt in extras.values() if opt is not None]
+        bad = next((prefix + n for prefix, m in modules for n, p in m.named_parameters()
+                    if p.requires_grad and not bool(torch.isfinite(p).all())), None)
+        if bad is None:
+            bad = next((f"optimiser state {key!r} of a {tuple(p.shape)} parameter" for opt in optimizers
+                        for p, state in opt.state.items() for key, t in state.items()
+                        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"step {self.step}: {bad} is not finite, so {what} is not saved; the loss and gradient norm were "
+                f"finite at every step, so an update made it so (learning_rate={self.config.learning_rate} too "
+                "large?). The last checkpoint written, if any, is intact.")
+
     def _save_checkpoint(self) -> None:
+        self.check_finite_state(f"the step-{self.step} checkpoint")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             model, optimizer, scheduler, extras = self.checkpoint_model()
