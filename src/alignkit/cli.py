@@ -418,6 +418,13 @@ def run(command: str, config) -> None:
     from .data import load_rows, tokenize_preferences, tokenize_sft
     from .models import RewardModel, load_causal_lm, load_tokenizer
 
+    if hasattr(config, "overwrite"):  # a trainer: its run directory must be free (checked again when it starts)
+        from .training.run_dir import RunDirectoryError, check_run_dir
+
+        try:
+            check_run_dir(config.output_dir, config.resume_from, config.overwrite)
+        except RunDirectoryError as e:
+            raise UsageError(str(e)) from None
     # every data file is read and validated before the model loads or anything is written
     fmt = getattr(config, "data_format", "") or None
     offline = command in ("sft", "reward", "dpo")
@@ -639,7 +646,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"alignkit {command}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
-    run(command, config)
+    try:
+        run(command, config)
+    except UsageError as e:
+        print(f"alignkit {command}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
 
 

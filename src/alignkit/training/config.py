@@ -174,6 +174,8 @@ class RunConfig(SeedConfig):
                              bounds="[0, inf)")
     save_total_limit: int = option(2, "keep at most this many checkpoints (the newest)", bounds="[1, inf)")
     resume_from: str = option("", "checkpoint directory to continue from, or 'latest' in output_dir")
+    overwrite: bool = option(False, "replace an earlier run's results in output_dir (metrics, checkpoints, final/) "
+                                    "instead of refusing to start there")
     tensorboard: bool = option(True, "write TensorBoard events too (needs the tensorboard package)")
     progress: bool = option(True, "show a progress bar with live metrics")
     num_samples: int = option(4, "sample completions written to samples.jsonl and report.html (0 = none)",

@@ -45,11 +45,19 @@ import numpy as np
 import torch
 
 from .batching import EpochBatcher
-from .checkpoint import clean_stale_temporaries, load_checkpoint, publish_directory, resolve_resume, save_checkpoint
+from .checkpoint import (
+    STATE_FILE,
+    clean_stale_temporaries,
+    load_checkpoint,
+    publish_directory,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import RunConfig, TrainConfig
 from .distributed import make_accelerator
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, rewind_jsonl
 from .optim import build_optimizer, build_scheduler
+from .run_dir import check_run_dir, claim_run_dir, release_run_dir
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,6 +108,12 @@ def autocast_context(config: RunConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+# Settings a resumed run must keep: the checkpoint's optimiser and scheduler state would override a new value.
+# (The number of steps may change: the schedule is recomputed over the new length from the current step.)
+RESUME_FIXED = ("learning_rate", "critic_learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "adam_beta1",
+                "adam_beta2", "adam_eps")
+
+
 class TrainingLoop(ABC):
     """The skeleton shared by every trainer (see the module docstring).
 
@@ -132,6 +146,7 @@ class TrainingLoop(ABC):
         self.history: list[dict] = []
         self.report_summary: dict = {}  # extra key -> value rows for the top of report.html
         self.logger: MetricsLogger | None = None  # made by train(): nothing is written before it runs
+        self._run_dir_claimed = False
 
     # ----------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -218,18 +233,41 @@ class TrainingLoop(ABC):
         """Run to ``total_steps`` (continuing from a checkpoint if ``resume_from`` is set).
 
         ``stop_after``: return after this global step, as an interrupted run would (no final model is
-        saved then); the learning-rate schedule still spans ``total_steps``.
+        saved then); the learning-rate schedule still spans ``total_steps``. A later ``train()`` call on the same
+        trainer continues from there.
+
+        The run directory is this run's while it runs (:mod:`alignkit.training.run_dir`): the first call refuses
+        a directory in use by a live run, or holding another run's results unless ``resume_from`` or
+        ``overwrite`` says what to do with them.
         """
+        first_call = not self._run_dir_claimed
+        if first_call:  # every process checks (read-only) before any writes, so all fail alike
+            check_run_dir(self.run_dir, self.config.resume_from, self.config.overwrite)
+            self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            claim_run_dir(self.run_dir, self.config.resume_from, self.config.overwrite, check=first_call)
+        self._run_dir_claimed = True
+        try:
+            return self._train(stop_after)
+        finally:
+            if self.accelerator.is_main_process:
+                release_run_dir(self.run_dir)
+
+    def _train(self, stop_after: int | None) -> list[dict]:
         cfg = self.config
         seed_everything(cfg.seed + self.rank)
         resume = resolve_resume(cfg.resume_from, self.run_dir)
         if resume is not None:
+            self._check_resume_settings(resume)
             model, optimizer, scheduler, extras = self.checkpoint_model()
             state = load_checkpoint(resume, model, optimizer, scheduler, extras=extras)
             self.step = int(state["step"])
             self.batcher.load_state_dict(state["data"])
             self.skipped_updates = int(state.get("skipped_updates", 0))
             self.load_trainer_state(state.get("trainer", {}))
+            if self.accelerator.is_main_process:  # the log continues from the checkpoint: no step twice
+                for name in ("metrics.jsonl", "samples.jsonl"):
+                    rewind_jsonl(self.run_dir / name, self.step)
         self.logger = MetricsLogger(self.run_dir, enabled=self.accelerator.is_main_process,
                                     tensorboard=cfg.tensorboard, progress_total=self.total_steps,
                                     progress=cfg.progress)
@@ -303,6 +341,20 @@ class TrainingLoop(ABC):
                 f"finite at every step, so an update made it so (learning_rate={self.config.learning_rate} too "
                 "large?). The last checkpoint written, if any, is intact.")
 
+    def _check_resume_settings(self, checkpoint: Path) -> None:
+        """A resumed run restores the optimiser's and the schedule's state, so a changed learning rate (or another
+        :data:`RESUME_FIXED` setting) would be silently ignored: refuse it, naming each change."""
+        try:
+            saved = json.loads((checkpoint / STATE_FILE).read_text()).get("settings") or {}
+        except (OSError, ValueError):
+            return  # load_checkpoint names what is wrong with the checkpoint
+        changed = [f"{k} {v!r} -> {getattr(self.config, k)!r}" for k, v in saved.items()
+                   if hasattr(self.config, k) and getattr(self.config, k) != v]
+        if changed:
+            raise ValueError(f"resume_from={self.config.resume_from!r}: {'; '.join(changed)} since {checkpoint.name}; "
+                             "the checkpoint's optimiser and schedule state would override the new value. Resume "
+                             "with the run's values, or start a new run (another output_dir, or overwrite=true)")
+
     def _save_checkpoint(self) -> None:
         self.check_finite_state(f"the step-{self.step} checkpoint")
         self.accelerator.wait_for_everyone()
@@ -310,7 +362,8 @@ class TrainingLoop(ABC):
             model, optimizer, scheduler, extras = self.checkpoint_model()
             save_checkpoint(self.run_dir, self.step, model, optimizer, scheduler,
                             {"data": self.batcher.state_dict(), "skipped_updates": self.skipped_updates,
-                             "trainer": self.trainer_state()},
+                             "trainer": self.trainer_state(),
+                             "settings": {k: getattr(self.config, k) for k in RESUME_FIXED if hasattr(self.config, k)}},
                             keep=self.config.save_total_limit, extras=extras)
         self.accelerator.wait_for_everyone()
 
