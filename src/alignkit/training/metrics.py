@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
+
+
+def rewind_jsonl(path: Path, step: int) -> int:
+    """Keep the records of a ``metrics.jsonl``-style log up to ``step`` (a resumed run logs the later steps
+    again) and drop a torn line (a run killed mid-write); rewritten atomically. Returns the lines dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += bool(line.strip())
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 class MetricsLogger:

@@ -57,12 +57,16 @@ def _read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if number - 1 == last:  # a torn last line: the run was killed while writing it
+                break
             raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
     return records
 
