@@ -90,6 +90,7 @@ def run(args) -> dict:
         f"max_length={args.max_length}", f"max_prompt_length={args.max_length * 2 // 3}",
         f"batch_size={args.batch_size}", f"max_steps={args.max_steps}", f"eval_steps={args.max_steps}",
         "precompute_ref_logprobs=false", "warmup_steps=5", "num_samples=0", "progress=false", "tensorboard=false",
+        "overwrite=true",
     ]
     start = time.perf_counter()
     code = alignkit(["dpo", *settings])

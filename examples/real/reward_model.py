@@ -37,7 +37,7 @@ def run(args) -> dict:
         f"learning_rate={args.learning_rate}", "mixed_precision=bf16", f"max_length={args.max_length}",
         f"max_prompt_length={args.max_length * 2 // 3}",
         f"batch_size={args.batch_size}", f"eval_steps={args.eval_steps}", "num_samples=0", "progress=false",
-        "tensorboard=false", f"max_steps={args.max_steps}", "warmup_steps=5",
+        "tensorboard=false", f"max_steps={args.max_steps}", "warmup_steps=5", "overwrite=true",
     ]
     start = time.perf_counter()
     code = alignkit(["reward", *settings])

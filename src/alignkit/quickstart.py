@@ -133,7 +133,8 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     sft_rows = [{"prompt": p, "completion": " " + " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 6)))}
                 for p in _prompts(rng, 512)]
     policy = _model(tok, cfg.seed)
-    common = dict(progress=False, tensorboard=True, seed=cfg.seed)
+    # the pipeline rebuilds everything: a second quickstart in the same output_dir replaces the first
+    common = dict(progress=False, tensorboard=True, seed=cfg.seed, overwrite=True)
     offline = dict(common, sample_max_new_tokens=cfg.max_new_tokens)
     log(f"[1/4] SFT: {cfg.sft_steps} steps on {len(sft_rows)} replies of random words")
     SFTTrainer(SFTConfig(output_dir=str(out / "sft"), batch_size=32, max_steps=cfg.sft_steps, learning_rate=3e-3,
