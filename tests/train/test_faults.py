@@ -168,3 +168,16 @@ def test_the_report_reads_a_log_whose_last_line_is_torn(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lo\n{"step": 2, "loss": 1.0}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:1: not a JSON line"):
         read_metrics(tmp_path / "metrics.jsonl")  # damage in the middle is not a crash artefact: named
+
+
+@pytest.mark.parametrize("victim", ["optimizer.pt", "model/model.safetensors"])
+def test_a_tampered_checkpoint_file_is_named_and_nothing_is_unpickled(tok, tmp_path, victim):
+    from alignkit.training import CheckpointError
+
+    _sft(tok, tmp_path).train(stop_after=1)
+    target = tmp_path / "checkpoints" / "step-00000001" / victim
+    # a pickle that would run code if it were unpickled without weights_only
+    target.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    with pytest.raises(CheckpointError, match=rf"checkpoint file .*{victim}.* is damaged or not alignkit's"):
+        _sft(tok, tmp_path, resume_from="latest").train()
+    assert not (tmp_path / "pwned").exists()

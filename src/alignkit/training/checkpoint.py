@@ -207,6 +207,17 @@ def resolve_resume(resume_from: str, output_dir) -> Path | None:
     return path
 
 
+def _read(file: Path, loader=None):
+    """One checkpoint file: safetensors (``loader``) or ``torch.load(weights_only=True)``, which refuses anything
+    but tensors and plain containers. Any failure is a :class:`CheckpointError` naming the file."""
+    try:
+        return loader(str(file)) if loader is not None else torch.load(file, weights_only=True)
+    except Exception as e:  # UnpicklingError, SafetensorError, zip errors...: all mean a damaged or foreign file
+        raise CheckpointError(f"checkpoint file {file} is damaged or not alignkit's ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); it is never unpickled beyond tensors. "
+                              "Remove that checkpoint directory to resume from an earlier one") from None
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, extras: dict | None = None) -> dict:
     """Restore everything into the given objects; returns the trainer state (step, data position, ...)."""
     from safetensors.torch import load_file
@@ -232,15 +243,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, ex
             f"not this one ({expected})"
         )
     try:
-        weights = load_file(str(path / "model" / "model.safetensors"))
-        model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        model.load_state_dict(_read(path / "model" / "model.safetensors", load_file), strict=True)
+        optimizer.load_state_dict(_read(path / "optimizer.pt"))
+        scheduler.load_state_dict(_read(path / "scheduler.pt"))
+        set_rng_state(_read(path / "rng.pt"))
         for name, (module, module_optimizer) in (extras or {}).items():
-            module.load_state_dict(load_file(str(path / f"extra-{name}" / "model.safetensors")), strict=True)
+            module.load_state_dict(_read(path / f"extra-{name}" / "model.safetensors", load_file), strict=True)
             if module_optimizer is not None:
-                module_optimizer.load_state_dict(torch.load(path / f"extra-{name}" / "optimizer.pt", weights_only=True))
+                module_optimizer.load_state_dict(_read(path / f"extra-{name}" / "optimizer.pt"))
     except (RuntimeError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
     return state
