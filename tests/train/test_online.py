@@ -111,6 +111,21 @@ def test_huge_finite_rewards_are_named_when_the_advantages_overflow(tok, prompts
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_a_nan_weight_left_by_an_update_is_blamed_not_the_rewards(tok, prompts, tmp_path):
+    from alignkit.training import NonFiniteLossError
+
+    class PoisonedUpdate(ReinforceTrainer):
+        def on_step_end(self):
+            if self.step == 1:
+                with torch.no_grad():
+                    self.policy.get_output_embeddings().weight[2, 3] = float("nan")
+
+    cfg = _cfg(ReinforceConfig, tmp_path, num_steps=3)
+    with pytest.raises(NonFiniteLossError, match=r"step 2: reinforce loss is nan; parameter lm_head.weight is already "
+                                                 r"not finite, so an earlier update \(not this step's data or rewards"):
+        PoisonedUpdate(cfg, tasks.model(tok), tok, prompts, contains("good")).train()
+
+
 def test_resume_continues_with_the_same_losses_and_kl_controller(tok, prompts, tmp_path):
     def run(out, stop_after=None, resume=""):
         cfg = _cfg(PPOConfig, out, num_steps=4, kl_penalty="reward", kl_coef=0.1, adaptive_kl=True, kl_target=0.5,

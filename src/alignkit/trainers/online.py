@@ -337,7 +337,7 @@ class OnlineTrainer(TrainingLoop):
         the last micro-batch of an optimiser step. A non-finite loss raises (one process: at once; several:
         through the synchronised gradient norm, so that every process stops together)."""
         if not torch.isfinite(loss) and self.world_size == 1:
-            raise NonFiniteLossError(f"step {self.step + 1}: {self.name} loss is {loss.item()}")
+            raise NonFiniteLossError(f"step {self.step + 1}: {self.name} loss is {loss.item()}{self.nonfinite_cause()}")
         model = self.model if model is None else model
         sync = nullcontext() if last_micro or self.world_size == 1 else self.accelerator.no_sync(model)
         with sync:

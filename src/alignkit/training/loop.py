@@ -212,7 +212,7 @@ class TrainingLoop(ABC):
         norm = self.accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], limit)
         norm = torch.as_tensor(norm)
         if not torch.isfinite(norm):
-            raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(norm)}")
+            raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(norm)}{self.nonfinite_cause()}")
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -322,15 +322,27 @@ class TrainingLoop(ABC):
         """Called on logged steps, after the metrics are written (e.g. the step's sample completions)."""
         return None
 
+    def _first_nonfinite_parameter(self) -> str | None:
+        """The name of the first trained parameter (of the model or a checkpointed extra) that is not finite."""
+        model, _, _, extras = self.checkpoint_model()
+        modules = [("", model)] + [(f"{name}.", module) for name, (module, _) in extras.items()]
+        return next((prefix + n for prefix, m in modules for n, p in m.named_parameters()
+                     if p.requires_grad and not bool(torch.isfinite(p).all())), None)
+
+    def nonfinite_cause(self) -> str:
+        """For a non-finite loss or gradient: ``"; parameter X is already not finite ..."`` when a trained
+        parameter is (an earlier update, not this step's data or rewards, is then to blame), else ``""``."""
+        bad = self._first_nonfinite_parameter()
+        return "" if bad is None else (f"; parameter {bad} is already not finite, so an earlier update (not this "
+                                        "step's data or rewards) went wrong: is learning_rate too large?")
+
     def check_finite_state(self, what: str) -> None:
         """Raise :class:`NonFiniteLossError` before ``what`` is saved if a trained parameter or an optimiser state
         tensor is not finite, naming the first one and the step. Every step already stops at a non-finite loss or
         gradient norm, so such a value came from an update (e.g. a learning rate too large)."""
-        model, optimizer, _, extras = self.checkpoint_model()
-        modules = [("", model)] + [(f"{name}.", module) for name, (module, _) in extras.items()]
+        _, optimizer, _, extras = self.checkpoint_model()
         optimizers = [optimizer] + [opt for _, opt in extras.values() if opt is not None]
-        bad = next((prefix + n for prefix, m in modules for n, p in m.named_parameters()
-                    if p.requires_grad and not bool(torch.isfinite(p).all())), None)
+        bad = self._first_nonfinite_parameter()
         if bad is None:
             bad = next((f"optimiser state {key!r} of a {tuple(p.shape)} parameter" for opt in optimizers
                         for p, state in opt.state.items() for key, t in state.items()
@@ -480,7 +492,8 @@ class Trainer(TrainingLoop):
                 with self.autocast():
                     loss, metrics = self.compute_loss(self.model, batch, normalizer)
                 if not torch.isfinite(loss) and self.world_size == 1:  # several processes: the norm tells all
-                    raise NonFiniteLossError(f"step {self.step + 1}: loss is {loss.item()} (micro-batch {j})")
+                    raise NonFiniteLossError(f"step {self.step + 1}: loss is {loss.item()} (micro-batch {j})"
+                                             f"{self.nonfinite_cause()}")
                 self.accelerator.backward(loss * self.world_size)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
