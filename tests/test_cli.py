@@ -416,3 +416,19 @@ def test_warmup_longer_than_the_run_is_an_error_before_anything_is_written(tiny_
         main(["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=3",
               "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"])
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_an_over_long_prompt_is_named_by_its_line_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
+    import alignkit.models
+    from alignkit.data import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(alignkit.models, "load_causal_lm", no_model)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "good"}\n{"prompt": "good good good good good good good good"}\n')
+    with pytest.raises(DataError, match=r"prompts.jsonl line 2: prompt is \d+ tokens, more than max_prompt_length=4"):
+        main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={tmp_path / 'run'}",
+              "reward_fn=tests.train.tasks:has_good", "max_prompt_length=4", "prompt_truncation=error"])
+    assert not (tmp_path / "run").exists()

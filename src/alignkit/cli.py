@@ -411,6 +411,23 @@ def prompt_columns(rows) -> dict[str, list]:
     return {name: [r[name] for r in rows] for name in names}
 
 
+def check_prompt_lengths(tok, rows, config) -> None:
+    """With ``prompt_truncation=error``: every prompt of the file, as it will be rendered, fits
+    ``max_prompt_length``; else a DataError naming the first one's line (found before the model loads, not when
+    its step comes)."""
+    from .data import DataError
+    from .rollout import tokenize_prompts
+
+    kwargs = {**config.prompt_kwargs(), "max_prompt_length": None}
+    ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **kwargs)
+    too_long = [i for i, x in enumerate(ids) if len(x) > config.max_prompt_length]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"prompt is {len(ids[i])} tokens, more than max_prompt_length={config.max_prompt_length} "
+                        f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the default, "
+                        "left, keeps each prompt's last tokens)", location=rows.locations[i])
+
+
 def run(command: str, config) -> None:
     if command.startswith("classic "):
         run_classic(command, config)
@@ -436,6 +453,8 @@ def run(command: str, config) -> None:
         rows = load_rows(config.prompts_file, skip_invalid=False)
         prompts, columns = [r["prompt"] for r in rows], prompt_columns(rows)
     tok = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
+    if not offline and getattr(config, "prompt_truncation", "") == "error" and config.max_prompt_length:
+        check_prompt_lengths(tok, rows, config)
     policy = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
     _save_resolved(config)
     if offline:
