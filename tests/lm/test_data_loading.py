@@ -286,5 +286,10 @@ def test_a_truncated_gzip_file_is_a_data_error_naming_the_file(tmp_path):
     for name in ("cut.jsonl.gz", "cut.json.gz"):
         path = tmp_path / name
         path.write_bytes(data[: len(data) // 2])
-        with pytest.raises(DataError, match=f"{name}: is damaged: the compressed stream ends early"):
-            load_rows(path)
+        for skip in (False, True):  # skip_invalid skips bad rows, never a damaged file
+            with pytest.raises(DataError, match=f"{name}: is damaged: the compressed stream ends early"):
+                load_rows(path, skip_invalid=skip)
+    not_gzip = tmp_path / "plain.jsonl.gz"
+    not_gzip.write_bytes(rows[:1000])
+    with pytest.raises(DataError, match="plain.jsonl.gz: is damaged.*BadGzipFile"):
+        load_rows(not_gzip, skip_invalid=True)
