@@ -208,6 +208,7 @@ def test_rlaif_labels_pairs_with_the_judge_and_trains(method, tiny_dir, tmp_path
     ([], "give exactly one of judge_model, judge_url or judge (got: none)"),
     (["judge=tests.train.tasks:has_good"], "judge: 'tests.train.tasks:has_good' has no prefer("),
     (["judge_url=http://127.0.0.1:9/v1"], "judge_name: required with judge_url"),
+    (["judge_url=ftp://127.0.0.1/v1", "judge_name=j"], "judge_url: must start with http:// or https://"),
     (["judge_model=/no/such/judge"], "judge_model: no such file or directory"),
     (["judge=tests.train.tasks:GoodWordJudge", "samples_per_prompt=3"], "samples_per_prompt must be even"),
     (["judge=tests.train.tasks:GoodWordJudge", "rlaif_method=ppo"], "rlaif_method: 'ppo' is not one of reward, dpo"),

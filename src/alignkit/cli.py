@@ -87,6 +87,8 @@ class JudgeSource:
     rubric_file: str = option("", "text file with the judge's rubric / constitution (default: the built-in one)")
 
     def check_judge_source(self) -> None:
+        if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
+            raise UsageError(f"judge_url: must start with http:// or https://, got {self.judge_url!r}")
         if self.judge_url and not self.judge_name:
             raise UsageError("judge_name: required with judge_url (the model name the endpoint serves)")
         if self.judge_api_key_env and self.judge_api_key_env not in os.environ:
