@@ -69,7 +69,7 @@ def test_a_preset_for_another_method_is_refused(tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_sft_end_to_end_with_a_preset_and_overrides(tiny_dir, tmp_path):
+def test_sft_end_to_end_with_a_preset_and_overrides(tiny_dir, tmp_path, capsys):
     preset = tmp_path / "sft.yaml"
     preset.write_text("method: sft\nbatch_size: 4\nmax_steps: 5\nlearning_rate: 0.01\nmax_length: 32\n")
     out = tmp_path / "run"
@@ -79,6 +79,8 @@ def test_sft_end_to_end_with_a_preset_and_overrides(tiny_dir, tmp_path):
     assert "max_steps: 3" in resolved and "batch_size: 4" in resolved  # override beats preset
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # data counts + 3 steps
     assert (out / "final" / "config.json").is_file()
+    said = capsys.readouterr().out  # where the results went
+    assert f"results in {out}/:\n  {out / 'final'}/\n  {out / 'report.html'}\n  {out / 'metrics.jsonl'}" in said
 
 
 @pytest.mark.slow

@@ -431,9 +431,26 @@ def check_prompt_lengths(tok, rows, config) -> None:
 
 
 def run(command: str, config) -> None:
+    """Run ``command`` with its parsed config, then say where its results went."""
     if command.startswith("classic "):
         run_classic(command, config)
-        return
+    else:
+        _run(command, config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(results_summary(config.output_dir))
+
+
+RESULT_FILES = ("final", "report.html", "metrics.jsonl", "completions.jsonl", "best_of_n.jsonl", "summary.json")
+
+
+def results_summary(output_dir: str) -> str:
+    """``results in DIR:`` and the result files present there (final model, report, metrics...)."""
+    out = Path(output_dir)
+    found = [f"  {out / name}{'/' if (out / name).is_dir() else ''}" for name in RESULT_FILES if (out / name).exists()]
+    return "\n".join([f"results in {out}/:", *found])
+
+
+def _run(command: str, config) -> None:
     from .data import load_rows, tokenize_preferences, tokenize_sft
     from .models import RewardModel, load_causal_lm, load_tokenizer
 
