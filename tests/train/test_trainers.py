@@ -318,3 +318,17 @@ def test_ipo_token_mean_is_ipo_on_per_token_mean_log_probs(tok, tmp_path):
         expected = float(((h - 1.0 / (2 * 0.5)) ** 2).mean())  # Azar et al. eq. 17, tau = beta = 0.5
         assert losses[loss_type] == pytest.approx(expected, rel=1e-5), loss_type
     assert abs(losses["ipo"] - losses["ipo-token-mean"]) > 1e-3
+
+
+def test_dpo_precomputes_reference_log_probs_only_for_the_pairs_the_run_uses(tok, tmp_path):
+    examples = _pref_examples(tok, 64)
+    cfg = DPOConfig(output_dir=str(tmp_path / "short"), batch_size=8, max_steps=2, progress=False, tensorboard=False)
+    trainer = DPOTrainer(cfg, tasks.model(tok), examples, tokenizer=tok)
+    with_ref = [i for i, ex in enumerate(trainer.train_examples) if "ref_chosen_logp" in ex]
+    assert with_ref == trainer.batcher.indices_used(2) and len(with_ref) == 16
+    trainer.train()  # every batch it draws has its reference log-probs
+    from alignkit.training.batching import EpochBatcher
+
+    batcher = EpochBatcher(64, 8, seed=0)
+    assert len(batcher.indices_used(8)) == 64 and len(batcher.indices_used(3)) == 24
+    assert set(batcher.indices_used(9)) == set(range(64))

@@ -8,9 +8,10 @@ Variant (Rafailov et al. 2023; seeds 001-002 "Direct Preference Optimization"):
     TRL's ``loss_type="ipo"``: the same beta means a far stronger pull to the reference there), hinge, and
     conservative DPO (sigmoid with label_smoothing);
   * pi_ref is the policy at the start of training (a frozen copy, or for a LoRA policy the same weights
-    with the adapter disabled). By default its log-probs are computed once, up front, for every pair
-    (``precompute_ref_logprobs``) and the reference is then dropped: training memory is that of the
-    policy alone. ``precompute_ref_logprobs=False`` computes them on the fly each step;
+    with the adapter disabled). By default its log-probs are computed once, up front (with a progress bar),
+    for the pairs the run will train on (all of them once the run spans an epoch, else the ``max_steps`` x
+    ``batch_size`` it will draw) and the eval pairs (``precompute_ref_logprobs``); the reference is then
+    dropped: training memory is that of the policy alone. ``precompute_ref_logprobs=False`` computes them on the fly each step;
   * chosen and rejected responses go through the policy in one forward pass.
 Metrics: loss, implicit rewards beta * log(pi/pi_ref) of chosen and rejected, their accuracy and margin,
 policy log-probs of chosen and rejected.
@@ -75,14 +76,22 @@ class DPOTrainer(Trainer):
 
         self.reference = reference or make_reference(self.accelerator.unwrap_model(self.model))
         if config.precompute_ref_logprobs:
-            for examples in (self.train_examples, self.eval_examples):
-                self._attach_reference_logprobs(examples)
+            used = self.batcher.indices_used(self.total_steps)  # only the pairs this run will train on
+            self._attach_reference_logprobs([self.train_examples[i] for i in used], "train")
+            self._attach_reference_logprobs(list(self.eval_examples or []), "eval")
             self.reference = None  # no longer needed: free its memory
 
     @torch.no_grad()
-    def _attach_reference_logprobs(self, examples: list[dict]) -> None:
+    def _attach_reference_logprobs(self, examples: list[dict], what: str) -> None:
+        """Reference log-probs of ``examples`` (in their order, ``micro_batch_size`` pairs per forward), with a
+        progress bar when ``progress`` is on."""
         size = self.config.micro_batch_size
-        for start in range(0, len(examples), size):
+        starts = range(0, len(examples), size)
+        if self.config.progress and self.accelerator.is_main_process and len(starts) > 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"reference log-probs ({what}, {len(examples)} pairs)", dynamic_ncols=True)
+        for start in starts:
             chunk = examples[start : start + size]
             chosen, rejected = self._reference_logprobs(self._collator(chunk))
             for ex, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):

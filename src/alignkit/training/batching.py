@@ -46,6 +46,18 @@ class EpochBatcher:
         self.position += 1
         return self._order[start : start + self.batch_size].tolist()
 
+    def indices_used(self, steps: int) -> list[int]:
+        """The example indices that ``steps`` batches from the start (epoch 0) will take, sorted."""
+        full, rest = divmod(steps, self.batches_per_epoch)
+        span = self.batches_per_epoch * self.batch_size
+        used: set[int] = set()
+        for epoch in range(full + (rest > 0)):
+            take = span if epoch < full else rest * self.batch_size
+            used.update(self._epoch_order(epoch)[:take].tolist())
+            if len(used) == self.num_examples:
+                break
+        return sorted(used)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "num_examples": self.num_examples,
                 "batch_size": self.batch_size, "seed": self.seed}
