@@ -75,6 +75,7 @@ def whiten(
     shift_mean: bool = True,
     unbiased: bool = True,
     eps: float = 1e-8,
+    min_std: float = 0.0,
 ) -> torch.Tensor:
     """Normalise ``x`` to unit variance over its real entries: (x - mu) / sqrt(var + eps) [+ mu].
 
@@ -86,6 +87,9 @@ def whiten(
             incentive to end early or late) and *advantages* with shift_mean=True.
         unbiased: Bessel's correction for the variance (OpenAI lm-human-preferences uses biased).
         eps: added to the variance.
+        min_std: below this standard deviation ``x`` is not scaled (only shifted, if ``shift_mean``): a spread
+            that small is numerical noise (e.g. KL noise of 1e-6 under all-equal scores), which scaling to
+            unit variance would turn into a full-size training signal.
 
     Returns:
         ``[...]`` whitened values, 0 at padded positions.
@@ -93,7 +97,8 @@ def whiten(
     w = _as_weights(x, mask)
     mean = masked_mean(x, w)
     var = masked_var(x, w, unbiased=unbiased)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    scale = torch.rsqrt(var + eps) if float(var) >= min_std**2 else torch.ones_like(var)
+    out = (x - mean) * scale
     if not shift_mean:
         out = out + mean
     return out * w if mask is not None else out

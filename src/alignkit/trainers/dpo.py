@@ -11,7 +11,8 @@ Variant (Rafailov et al. 2023; seeds 001-002 "Direct Preference Optimization"):
     with the adapter disabled). By default its log-probs are computed once, up front (with a progress bar),
     for the pairs the run will train on (all of them once the run spans an epoch, else the ``max_steps`` x
     ``batch_size`` it will draw) and the eval pairs (``precompute_ref_logprobs``); the reference is then
-    dropped: training memory is that of the policy alone. ``precompute_ref_logprobs=False`` computes them on the fly each step;
+    dropped: training memory is that of the policy alone. ``precompute_ref_logprobs=False`` computes them on
+    the fly each step;
   * chosen and rejected responses go through the policy in one forward pass.
 Metrics: loss, implicit rewards beta * log(pi/pi_ref) of chosen and rejected, their accuracy and margin,
 policy log-probs of chosen and rejected.

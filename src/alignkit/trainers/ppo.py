@@ -10,7 +10,9 @@ implementation details after Huang et al. 2022/2024, "The N+ Implementation Deta
     with ``shared_trunk``, a value head on the policy's own final hidden state (one forward pass gives
     logits and values; loss = policy loss + vf_coef x value loss; one optimiser);
   * advantages by GAE(gamma, lam) with defaults gamma = 1, lam = 0.95 (``alignkit.core.gae``), whitened
-    with mean shift (``whiten_advantages``); the critic regresses onto the GAE returns;
+    with mean shift (``whiten_advantages``) unless their spread is below ``ADVANTAGE_MIN_STD`` (noise, e.g.
+    under all-equal scores: then only centred, and ``advantages_too_flat_to_whiten`` is logged as 1); the
+    critic regresses onto the GAE returns;
   * ``update_epochs`` passes x ``num_minibatches`` optimiser steps x ``grad_accum_steps`` micro-batches over
     one rollout; policy loss PPO-clip (ratio exp(log pi - log pi_old), pi_old detached) + entropy bonus;
     value loss 1/2 max((V - R)^2, (V_clip - R)^2) x ``vf_coef``, its own optimiser;
@@ -35,6 +37,10 @@ from ..training.config import option, with_defaults
 from ..training.loop import enable_gradient_checkpointing
 from ..training.optim import build_optimizer
 from .online import OnlineConfig, OnlineTrainer, policy_forward
+
+# Advantages whose spread over the rollout is below this are noise (e.g. KL noise under all-equal scores):
+# whitening centres them but does not scale them up to unit variance (issue 19).
+ADVANTAGE_MIN_STD = 1e-4
 
 
 @dataclass
@@ -152,8 +158,8 @@ class PPOTrainer(OnlineTrainer):
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask, shift_mean=True)
+        if cfg.whiten_advantages:  # a spread below ADVANTAGE_MIN_STD is noise: centred, not scaled up
+            advantages = whiten(advantages, mask, shift_mean=True, min_std=ADVANTAGE_MIN_STD)
         return {"advantages": advantages, "returns": returns, "non_score": non_score}
 
     def micro_loss(self, rollout, batch, rows, normalizer, multi):
@@ -193,5 +199,6 @@ class PPOTrainer(OnlineTrainer):
         out = self.run_updates(rollout, batch, self.micro_loss, self.optimizer_steps,
                                early_stop_key="approx_kl", early_stop_above=1.5 * cfg.target_kl)
         out["advantage_std"] = float(batch["advantages"][rollout.response_mask.bool()].std())
+        out["advantages_too_flat_to_whiten"] = float(cfg.whiten_advantages and out["advantage_std"] < ADVANTAGE_MIN_STD)
         out.update(self.rollout_fit(rollout, batch))
         return out
