@@ -126,6 +126,14 @@ def test_a_nan_weight_left_by_an_update_is_blamed_not_the_rewards(tok, prompts, 
         PoisonedUpdate(cfg, tasks.model(tok), tok, prompts, contains("good")).train()
 
 
+def test_an_online_trainer_on_cpu_flushes_denormal_floats(tok, prompts, tmp_path):
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-40])
+    assert float(tiny * 1.0) != 0.0  # a denormal survives arithmetic by default
+    ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, num_steps=1), tasks.model(tok), tok, prompts, contains("good"))
+    assert float(tiny * 1.0) == 0.0  # flushed: no 10x slow path in the update
+
+
 def test_resume_continues_with_the_same_losses_and_kl_controller(tok, prompts, tmp_path):
     def run(out, stop_after=None, resume=""):
         cfg = _cfg(PPOConfig, out, num_steps=4, kl_penalty="reward", kl_coef=0.1, adaptive_kl=True, kl_target=0.5,

@@ -186,6 +186,10 @@ class OnlineTrainer(TrainingLoop):
         from ..models.reference import make_reference
 
         super().__init__(config, config.num_steps, tokenizer)
+        if self.accelerator.device.type == "cpu":
+            # denormal floats (tiny advantages, values, KL terms) made a CPU PPO update 10x slower (198 s of a
+            # 200 s step); flushing them to zero changes nothing above 1e-38 (process-wide, as torch sets it)
+            torch.set_flush_denormal(True)
         if not prompts:
             raise ValueError("no training prompts given")
         self.prompts = list(prompts)
