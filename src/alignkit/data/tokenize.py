@@ -106,6 +106,16 @@ def _encode_responses(tokenizer, texts: list[str], append_eos: bool) -> list[lis
     return out
 
 
+def encode_prompt_response(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                           append_eos: bool = True) -> list[list[int]]:
+    """``prompt ids + response ids`` per pair, exactly as :func:`tokenize_preferences` builds a training sequence
+    (prompt tokenised with the tokenizer's special tokens, response without, EOS appended once): the one
+    format a reward model is trained on and scored in (:class:`alignkit.rewards.RewardModelScorer`)."""
+    prompt_ids = _encode_prompts(tokenizer, list(prompts))
+    response_ids = _encode_responses(tokenizer, list(responses), append_eos)
+    return [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+
+
 def _keep_prompt_end(prompt: list[int], keep: int, bos: int | None) -> list[int]:
     """The last ``keep`` tokens of ``prompt``, the first of them its BOS when it starts with one."""
     if bos is not None and prompt and prompt[0] == bos and keep >= 2:

@@ -25,12 +25,14 @@ class RewardModelScorer:
         batch_size: sequences per forward pass.
         max_length: longest tokenised ``prompt + completion``; longer ones raise (naming the index) unless
             ``truncation="left"``, which keeps the last ``max_length`` tokens (the response end).
-        append_eos: append the EOS token to each sequence (use if the model was trained that way).
+        append_eos: end each response with EOS, as the reward trainer does (default); each sequence is built by
+            :func:`alignkit.data.tokenize.encode_prompt_response`, the function that builds training pairs, so a
+            trained reward model scores a pair exactly as it saw it in training.
         normalize: apply the reward model's stored normalisation.
     """
 
     def __init__(self, reward_model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 truncation: str = "error", append_eos: bool = False, normalize: bool = True):
+                 truncation: str = "error", append_eos: bool = True, normalize: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if truncation not in ("error", "left"):
@@ -47,11 +49,11 @@ class RewardModelScorer:
         self.__name__ = f"RewardModelScorer({type(reward_model).__name__})"
 
     def _encode(self, prompts: Sequence[str], completions: Sequence[str]) -> list[list[int]]:
+        from ..data.tokenize import encode_prompt_response
+
         rows = []
-        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            ids = list(self.tokenizer(p + c)["input_ids"])
-            if self.append_eos:
-                ids.append(self.tokenizer.eos_token_id)
+        encoded = encode_prompt_response(self.tokenizer, prompts, completions, self.append_eos)
+        for i, ids in enumerate(encoded):
             if self.max_length is not None and len(ids) > self.max_length:
                 if self.truncation == "error":
                     raise ValueError(f"prompt {i}: prompt + completion has {len(ids)} tokens, more than "
