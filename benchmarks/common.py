@@ -36,6 +36,12 @@ INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx51
                      "amx_tile", "amx_bf16", "amx_int8")
 
 
+# glibc raises its mmap threshold after freeing large blocks, so freed memory (activations, a model cast to
+# another dtype) stays resident and is reused without raising the RSS: a peak measured after such frees shows
+# the allocator's retention, not what a call needs. A fixed threshold returns large blocks to the system.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5) -> dict:
     """Median wall time of each zero-argument callable, measured round-robin; ``{name: stats}``.
 

@@ -63,7 +63,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import NOISY_FRACTION, REPO_ROOT, Table, _child_env, fmt, peak_rss_mib, time_interleaved
+from benchmarks.common import (
+    FIXED_MMAP,
+    NOISY_FRACTION,
+    REPO_ROOT,
+    Table,
+    _child_env,
+    fmt,
+    peak_rss_mib,
+    time_interleaved,
+)
 
 PROMPT_LEN, NEW_TOKENS, SEQS = 32, 64, 16
 VOCAB_WORDS = 2044  # + <pad> <s> </s> <unk> = 2048, the tiny model's vocab
@@ -224,9 +233,6 @@ def lora_memory_probe(lora: bool, new_tokens: int = NEW_TOKENS, quick: bool = Fa
     return measured
 
 
-# glibc raises its mmap threshold after freeing large blocks, so freed activations stay resident and the peak
-# RSS measures the allocator's retention too; a fixed threshold returns them and shows what the step needs
-FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def _lora_memory(new_tokens: int, quick: bool = False) -> dict:

@@ -30,13 +30,12 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import REPO_ROOT, Table, _child_env, fmt
+from benchmarks.common import FIXED_MMAP, REPO_ROOT, Table, _child_env, fmt
 
 PROMPTS, SAMPLES, NEW_TOKENS, STEPS = 4, 4, 128, 3
 TARGET_SPEEDUP = 1.5
 FRAMEWORKS = ("alignkit", "trl")
 DTYPES = ("fp32", "bf16")
-ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def reward_has_digit(prompts, completions, **kwargs) -> list[float]:
@@ -125,7 +124,7 @@ def child(framework: str, dtype: str, new_tokens: int, steps: int) -> dict:
 def _run_child(framework: str, dtype: str, new_tokens: int, steps: int) -> dict:
     args = json.dumps({"framework": framework, "dtype": dtype, "new_tokens": new_tokens, "steps": steps})
     proc = subprocess.run([sys.executable, "-m", "benchmarks.online_real", args], cwd=REPO_ROOT,
-                          env={**_child_env(), **ENV}, capture_output=True, text=True, timeout=1800, check=False)
+                          env={**_child_env(), **FIXED_MMAP}, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"online_real {framework} {dtype} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -135,7 +134,7 @@ def run(quick: bool = False) -> dict:
     new_tokens, steps = (16, 1) if quick else (NEW_TOKENS, STEPS)
     rows = {f"{fw}-{dt}": _run_child(fw, dt, new_tokens, steps) for dt in DTYPES for fw in FRAMEWORKS}
     return {"settings": {"prompts": PROMPTS, "samples": SAMPLES, "new_tokens": new_tokens, "timed_steps": steps,
-                         "env": ENV}, "rows": rows}
+                         "env": FIXED_MMAP}, "rows": rows}
 
 
 def tables(result: dict) -> list[Table]:
