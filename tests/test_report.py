@@ -56,7 +56,7 @@ def test_report_without_metrics_still_renders_and_bad_lines_name_the_line(tmp_pa
     assert not (tmp_path / "empty" / "plots").exists()
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": \n')
+    (bad / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": \n{"step": 3, "loss": 1.0}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
         read_metrics(bad / "metrics.jsonl")
 
@@ -108,6 +108,6 @@ def test_alignkit_report_rewrites_a_run_directory(tmp_path, capsys):
     assert_report_references_only_existing_files(run)
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
-    (run / "metrics.jsonl").write_text("{not json\n")
+    (run / "metrics.jsonl").write_text("{not json\n{\"step\": 1}\n")
     assert main(["report", str(run)]) == 2
     assert "metrics.jsonl:1: not a JSON line" in capsys.readouterr().err
