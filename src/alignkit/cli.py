@@ -406,10 +406,9 @@ def prompt_columns(rows) -> dict[str, list]:
     for name in names:
         missing = [i for i, r in enumerate(rows) if name not in r]
         if missing:
-            where = rows.locations[missing[0]] if getattr(rows, "locations", None) else f"row {missing[0]}"
             raise DataError(f"has no {name!r} column, which {len(rows) - len(missing)} other rows of the prompt file "
                             f"have ({len(missing)} rows lack it); give every row the column or none",
-                            location=where)
+                            location=rows.where(missing[0]))
     return {name: [r[name] for r in rows] for name in names}
 
 
@@ -427,7 +426,7 @@ def check_prompt_lengths(tok, rows, config) -> None:
         i = too_long[0]
         raise DataError(f"prompt is {len(ids[i])} tokens, more than max_prompt_length={config.max_prompt_length} "
                         f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the default, "
-                        "left, keeps each prompt's last tokens)", location=rows.locations[i])
+                        "left, keeps each prompt's last tokens)", location=rows.where(i))
 
 
 def run(command: str, config) -> None:

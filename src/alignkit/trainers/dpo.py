@@ -62,7 +62,6 @@ class DPOTrainer(Trainer):
                  pad_token_id: int | None = None, reference=None):
         from ..data import PreferenceCollator
 
-        config.validate()  # beta, loss_type... before the data checks below
         pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             raise ValueError("DPOTrainer needs a pad token id (from the tokenizer or pad_token_id=)")

@@ -90,10 +90,7 @@ def save_checkpoint(output_dir, step: int, model: torch.nn.Module, optimizer, sc
     """
     final = checkpoint_dir(output_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temporary_sibling(final)
     _save_model_state(model, tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -128,6 +125,14 @@ def fsync_tree(root: Path) -> None:
         _fsync(Path(directory))
 
 
+def temporary_sibling(final: Path) -> Path:
+    """An empty ``<final>.tmp-<pid>`` beside ``final`` to write into, then :func:`publish_directory` it."""
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def publish_directory(tmp: Path, final: Path) -> None:
     """Make the complete directory ``tmp`` appear as ``final`` atomically: flushed to disk, then renamed. An
     existing ``final`` is first renamed to ``<final>.old-<pid>`` and removed after, so at every instant either
@@ -145,9 +150,10 @@ def publish_directory(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether another live process has this pid (our own pid counts as not alive: its leftovers are stale)."""
     if pid == os.getpid():
-        return False  # our own leftovers (a pid reused after a crash) are stale too
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,7 +174,7 @@ def clean_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
             continue
         for path in parent.iterdir():
             name, _, pid = path.name.rpartition("-")
-            if not (pid.isdigit() and (name.endswith(".tmp") or name.endswith(".old"))) or _pid_alive(int(pid)):
+            if not (pid.isdigit() and (name.endswith(".tmp") or name.endswith(".old"))) or pid_alive(int(pid)):
                 continue
             live = parent / name[: -len(".old")]
             if name.endswith(".old") and not live.exists():

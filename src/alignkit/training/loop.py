@@ -34,9 +34,7 @@ here too, once, for both families.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -52,6 +50,7 @@ from .checkpoint import (
     publish_directory,
     resolve_resume,
     save_checkpoint,
+    temporary_sibling,
 )
 from .config import RunConfig, TrainConfig
 from .distributed import make_accelerator
@@ -308,8 +307,7 @@ class TrainingLoop(ABC):
         self.check_finite_state("the final model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            tmp = self.run_dir / f"final.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = temporary_sibling(self.run_dir / "final")
             self.save_final(tmp)
             publish_directory(tmp, self.run_dir / "final")
         self.logger.close()

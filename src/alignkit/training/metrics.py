@@ -9,27 +9,33 @@ import time
 from pathlib import Path
 
 
-def rewind_jsonl(path: Path, step: int) -> int:
-    """Keep the records of a ``metrics.jsonl``-style log up to ``step`` (a resumed run logs the later steps
-    again) and drop a torn line (a run killed mid-write); rewritten atomically. Returns the lines dropped."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log ([] when it does not exist). A torn last line (a run killed while writing
+    it) is left out; a bad line elsewhere is a ValueError naming its number."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for k, (number, line) in enumerate(lines):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += bool(line.strip())
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-    return dropped
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+    return records
+
+
+def rewind_jsonl(path: Path, step: int) -> None:
+    """Keep the records of a ``metrics.jsonl``-style log up to ``step`` (a resumed run logs the later steps
+    again), dropping a torn last line; rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
 
 
 class MetricsLogger:

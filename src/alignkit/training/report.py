@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metrics import read_jsonl as _read_jsonl
+
 __all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "metric_series", "plot_metrics", "write_report",
            "append_samples", "html_table", "html_image"]
 
@@ -49,26 +51,6 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
     PlotGroup("time", "Seconds per stage", r"^time/", 5),
     PlotGroup("other", "Other diagnostics", r"^(?!data/|skipped)", 4),
 )
-
-
-def _read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file ([] when it does not exist); a bad line is named by its number."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number - 1 == last:  # a torn last line: the run was killed while writing it
-                break
-            raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
-    return records
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import _pid_alive
+from .checkpoint import pid_alive
 
 LOCK_FILE = "run.lock"
 RESULTS = ("metrics.jsonl", "final", "checkpoints", "samples.jsonl", "report.html", "tensorboard")
@@ -34,7 +34,7 @@ def _lock_owner(run_dir: Path) -> int | None:
     except OSError:
         return None
     pid = int(text) if text.isdigit() else None
-    return pid if pid is not None and _pid_alive(pid) else None
+    return pid if pid is not None and pid_alive(pid) else None
 
 
 def existing_results(run_dir: Path) -> list[str]:
