@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks._memprobe import _status_kib
 from benchmarks.common import FIXED_MMAP, REPO_ROOT, Table, _child_env, fmt
 
 PROMPTS, SAMPLES, NEW_TOKENS, STEPS = 4, 4, 128, 3
@@ -41,11 +42,6 @@ DTYPES = ("fp32", "bf16")
 def reward_has_digit(prompts, completions, **kwargs) -> list[float]:
     """1 when the completion contains a digit: a rule that costs nothing (the same function for both)."""
     return [float(any(ch.isdigit() for ch in c)) for c in completions]
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _questions(n: int) -> list[str]:

@@ -40,6 +40,33 @@ def smollm2_checkpoint(directory: str | Path = "runs/real/smollm2") -> str:
     return str(directory)
 
 
+def load_trained(model_dir: str, base_dir: str):
+    """``(tokenizer, model)`` of a run's ``final/``: a full checkpoint, or a LoRA adapter directory merged onto
+    ``base_dir`` (the tokenizer is the base's); in eval mode."""
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(base_dir)
+    if not (Path(model_dir) / "adapter_config.json").is_file():
+        return tok, load_causal_lm(model_dir).eval()
+    from peft import PeftModel
+
+    return tok, PeftModel.from_pretrained(load_causal_lm(base_dir), model_dir).merge_and_unload().eval()
+
+
+def hh_split(seed: int, held_out: int) -> tuple[list[dict], list[dict]]:
+    """(train, held_out) rows of HH-RLHF harmless-base: the one split every HH-RLHF result uses."""
+    return split_rows(read_jsonl(SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"), held_out, seed=seed)
+
+
+def command_line(script: str, args, skip: tuple[str, ...] = ()) -> str:
+    """The command that reproduces a result: ``python examples/real/SCRIPT --key value ...`` from ``args``."""
+    def value(v):
+        return " ".join(map(str, v)) if isinstance(v, list) else v
+
+    return f"python examples/real/{script} " + " ".join(
+        f"--{k.replace('_', '-')} {value(v)}" for k, v in vars(args).items() if k not in skip and v != "")
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt") as f:

@@ -31,7 +31,7 @@ import time
 import torch
 
 from alignkit.cli import main as alignkit
-from common import SHARED_DATA, metrics, read_jsonl, smollm2_checkpoint, split_rows, write_jsonl, write_result
+from common import command_line, hh_split, load_trained, metrics, smollm2_checkpoint, write_jsonl, write_result
 
 REWARD_MODEL = "runs/real/reward_model/final"
 PROMPT_TOKENS = 128
@@ -41,16 +41,9 @@ def completions(model_dir: str, base_dir: str, prompts: list[str], new_tokens: i
     """Greedy completions of a checkpoint (or of a LoRA adapter directory over ``base_dir``), each cut at the
     next ``Human:`` turn."""
     from alignkit.generation import KVCacheGenerator, SamplingParams
-    from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.rollout import decode_completions, tokenize_prompts
 
-    tok = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir)
-    if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
-    model.eval()
+    tok, model = load_trained(model_dir, base_dir)
     ids, _ = tokenize_prompts(tok, prompts, max_prompt_length=PROMPT_TOKENS, prompt_truncation="left")
     engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
     texts = []
@@ -77,8 +70,7 @@ def run(args) -> dict:
     if not os.path.isdir(REWARD_MODEL):
         raise SystemExit(f"{REWARD_MODEL} is missing: run python examples/real/reward_model.py first")
     base = smollm2_checkpoint()
-    rows = read_jsonl(SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz")
-    train, held = split_rows(rows, args.held_out, seed=args.seed)
+    train, held = hh_split(args.seed, args.held_out)
     used = train[: args.max_steps * args.batch_size]  # exactly the pairs trained on
     train_file = write_jsonl(f"runs/real/data/hh_dpo_train_seed{args.seed}_{len(used)}.jsonl", used)
     eval_file = write_jsonl(f"runs/real/data/hh_held_out_seed{args.seed}_{len(held)}.jsonl", held)
@@ -112,8 +104,7 @@ def run(args) -> dict:
                                                                              strict=False)]
     return {
         "task": "DPO (sigmoid, LoRA r=16), HH-RLHF harmless-base, SmolLM2-135M-Instruct",
-        "command": "python examples/real/dpo_hh.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output_dir"),
+        "command": command_line("dpo_hh.py", args, skip=("output_dir",)),
         "alignkit_settings": settings,
         "train_pairs_used": len(used), "held_out_pairs": len(held),
         "held_out_implicit_reward_accuracy": evals[-1]["eval/rewards/accuracy"] if evals else None,

@@ -18,7 +18,6 @@ Writes ``runs/real/grpo_arithmetic/seed*/`` and ``docs/results/grpo_arithmetic[_
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
@@ -27,7 +26,7 @@ import torch
 from arithmetic_reward import reward
 
 from alignkit.cli import main as alignkit
-from common import smollm2_checkpoint, write_jsonl, write_result
+from common import command_line, load_trained, smollm2_checkpoint, write_jsonl, write_result
 
 SYSTEM_PROMPT = "Answer with only the number."
 MAX_NEW_TOKENS = 48
@@ -43,16 +42,9 @@ def accuracy(model_dir: str, base_dir: str, rows: list[dict], samples: int, seed
     """Held-out accuracy of a checkpoint (or a LoRA adapter directory over ``base_dir``): sampled at T = 1
     (``samples`` per problem) and greedy."""
     from alignkit.generation import KVCacheGenerator, SamplingParams
-    from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.rollout import decode_completions, tokenize_prompts
 
-    tok = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir)
-    if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
-    model.eval()
+    tok, model = load_trained(model_dir, base_dir)
     prompts = [r["prompt"] for r in rows]
     ids, _ = tokenize_prompts(tok, prompts, chat_template="on", system_prompt=SYSTEM_PROMPT)
     engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
@@ -103,9 +95,7 @@ def main(argv=None):
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     base = smollm2_checkpoint()
-    command = "python examples/real/grpo_arithmetic.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v != "")
+    command = command_line("grpo_arithmetic.py", args)
     runs = []
     for seed in args.seeds:  # the result file is rewritten after every seed: a cut session keeps finished seeds
         runs.append(run_seed(seed, args, base))

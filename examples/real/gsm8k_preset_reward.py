@@ -22,7 +22,7 @@ import time
 import torch
 import yaml
 
-from common import REPO, SHARED_DATA, smollm2_checkpoint, write_result
+from common import REPO, SHARED_DATA, command_line, load_trained, smollm2_checkpoint, write_result
 
 PRESET = "configs/grpo_gsm8k.yaml"
 
@@ -37,7 +37,6 @@ def main(argv=None):
 
     from alignkit.data import load_rows
     from alignkit.generation import KVCacheGenerator, SamplingParams
-    from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.rewards import resolve_reward_fn
     from alignkit.rollout import decode_completions, tokenize_prompts
 
@@ -47,7 +46,7 @@ def main(argv=None):
     reward = resolve_reward_fn(preset["reward_fn"])
     rows = load_rows(SHARED_DATA / "gsm8k-test.jsonl", max_rows=args.questions)
     base = smollm2_checkpoint()
-    tok, model = load_tokenizer(base), load_causal_lm(base).eval()
+    tok, model = load_trained(base, base)
     prompts = [r["prompt"] for r in rows]
     ids, _ = tokenize_prompts(tok, prompts, chat_template=preset["chat_template"],
                               system_prompt=preset["system_prompt"])
@@ -64,8 +63,7 @@ def main(argv=None):
     correct = [{"question": prompts[i // group][:200], "completion": texts[i]} for i, s in enumerate(scores) if s > 0]
     result = {
         "task": "GSM8K test questions under configs/grpo_gsm8k.yaml's prompt and reward, SmolLM2-135M-Instruct",
-        "command": f"python examples/real/gsm8k_preset_reward.py --questions {args.questions} --seed {args.seed}"
-                   + (f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens else ""),
+        "command": command_line("gsm8k_preset_reward.py", args),
         "questions": len(prompts), "samples_per_question": group, "max_new_tokens": new_tokens,
         "mean_reward": sum(scores) / len(scores), "completions_rewarded": int(sum(s > 0 for s in scores)),
         "completions": len(scores),

@@ -20,13 +20,12 @@ import argparse
 import time
 
 from alignkit.cli import main as alignkit
-from common import SHARED_DATA, metrics, read_jsonl, smollm2_checkpoint, split_rows, write_jsonl, write_result
+from common import command_line, hh_split, metrics, smollm2_checkpoint, write_jsonl, write_result
 
 
 def run(args) -> dict:
     model = smollm2_checkpoint()
-    rows = read_jsonl(SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz")
-    train, held = split_rows(rows, args.held_out, seed=args.seed)
+    train, held = hh_split(args.seed, args.held_out)
     data = "runs/real/data"
     train_file = write_jsonl(f"{data}/hh_train_seed{args.seed}.jsonl", train)
     eval_file = write_jsonl(f"{data}/hh_held_out_seed{args.seed}.jsonl", held)
@@ -50,8 +49,7 @@ def run(args) -> dict:
     train_acc = [r["accuracy"] for r in rows if "accuracy" in r]
     result = {
         "task": "Bradley-Terry reward model, HH-RLHF harmless-base, SmolLM2-135M-Instruct backbone (LoRA r=16)",
-        "command": "python examples/real/reward_model.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output_dir"),
+        "command": command_line("reward_model.py", args, skip=("output_dir",)),
         "alignkit_settings": settings,
         "train_pairs_available": len(train), "held_out_pairs": len(held),
         "train_pairs_used": args.max_steps * args.batch_size if args.max_steps else len(train),
