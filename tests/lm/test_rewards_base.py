@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import alignkit.rewards.base as base
-import alignkit.rewards.judge as judge
+import alignkit.rewards.http_judge as http_judge
 import alignkit.rewards.rules as rules
 from alignkit.rewards import (
     InvalidRewardError,
@@ -22,7 +22,7 @@ from alignkit.rewards import (
 )
 
 
-@pytest.mark.parametrize("module", [base, rules, judge], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [base, rules, http_judge], ids=lambda m: m.__name__)
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0, f"{module.__name__} has no doctests"
@@ -244,3 +244,12 @@ def test_import_does_not_load_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1.0]"
+
+
+def test_the_package_exports_exactly_its_submodules_public_names():
+    import alignkit.rewards as rewards
+    from alignkit.rewards import base, http_judge, judge, local_judge, model_scorer, rules
+
+    modules = (base, rules, model_scorer, judge, local_judge, http_judge)
+    assert sorted(rewards.__all__) == sorted(n for m in modules for n in m.__all__)
+    assert all(getattr(rewards, n) is getattr(m, n) for m in modules for n in m.__all__)

@@ -1,4 +1,4 @@
-"""alignkit.rewards.judge.HTTPChatJudge against real HTTP servers on 127.0.0.1 started inside each test.
+"""alignkit.rewards.http_judge.HTTPChatJudge against real HTTP servers on 127.0.0.1 started inside each test.
 
 No other address is ever contacted: every judge here points at a server bound to 127.0.0.1 on an
 ephemeral port, proxies are disabled (``proxies={}``), and every wait is bounded.

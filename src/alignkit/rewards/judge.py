@@ -20,9 +20,13 @@ the label tokens:  score = sum_k v_k * softmax(z_{l_1..l_K})_k.
 
 Two judges share templates and these two rules:
 
-- :class:`LocalLMJudge` runs a causal LM held in memory (batched, left-padded, ``torch.no_grad``).
-- :class:`HTTPChatJudge` asks an OpenAI-compatible ``/chat/completions`` endpoint, standard library only.
-  Nothing is sent anywhere unless the user constructs it with a URL.
+- :class:`~alignkit.rewards.local_judge.LocalLMJudge` runs a causal LM held in memory (batched, left-padded,
+  ``torch.no_grad``).
+- :class:`~alignkit.rewards.http_judge.HTTPChatJudge` asks an OpenAI-compatible ``/chat/completions``
+  endpoint, standard library only. Nothing is sent anywhere unless the user constructs it with a URL.
+
+This module holds what they share: the templates, the :class:`Judge` base class and the :class:`PairJudge`
+protocol (anything with ``prefer``, which RLAIF labelling takes).
 
 Each judge is a :class:`~alignkit.rewards.base.RewardFn` in score mode (``judge(prompts, completions)``);
 ``judge.as_reward_fn(reference_column=...)`` gives the pairwise reward P(completion beats the reference).
@@ -30,32 +34,16 @@ Each judge is a :class:`~alignkit.rewards.base.RewardFn` in score mode (``judge(
 
 from __future__ import annotations
 
-import inspect
-import json
-import math
 import string
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = [
-    "DEFAULT_RUBRIC",
-    "PAIRWISE_TEMPLATE",
-    "SCORE_TEMPLATE",
-    "Judge",
-    "LocalLMJudge",
-    "HTTPChatJudge",
-    "JudgeError",
-    "PairwiseJudgeReward",
-    "parse_label_probs",
-]
+__all__ = ["DEFAULT_RUBRIC", "PAIRWISE_TEMPLATE", "SCORE_TEMPLATE", "Judge", "JudgeError", "PairJudge",
+           "PairwiseJudgeReward"]
 
 DEFAULT_RUBRIC = (
     "A good response is helpful, honest and harmless: it does what the user asked, accurately and clearly, "
@@ -83,6 +71,16 @@ SCORE_TEMPLATE = (
 
 _PAIRWISE_FIELDS = {"rubric", "prompt", "response_a", "response_b", "label_a", "label_b"}
 _SCORE_FIELDS = {"rubric", "prompt", "response", "labels", "lowest", "highest"}
+
+
+@runtime_checkable
+class PairJudge(Protocol):
+    """Anything that compares two responses: ``prefer(prompts, a, b) -> [N]`` P(a is better than b).
+
+    Every :class:`Judge` (:class:`~alignkit.rewards.LocalLMJudge`, :class:`~alignkit.rewards.HTTPChatJudge`) is one.
+    """
+
+    def prefer(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]): ...
 
 
 class JudgeError(RuntimeError):
@@ -247,325 +245,3 @@ class PairwiseJudgeReward:
                 f"the batch has columns {sorted(columns)}"
             )
         return self.judge.prefer(prompts, completions, list(columns[self.reference_column])).tolist()
-
-
-class LocalLMJudge(Judge):
-    """A causal LM in memory as the judge (any ``transformers`` causal LM and its tokenizer).
-
-    Each label must be a single token of ``tokenizer``. When the template ends without whitespace (the
-    default ends with ``"Preferred response:"``) the space-prefixed variant (``" A"``) is tried first,
-    then the bare label; otherwise the other way round. A label that is neither is an error at
-    construction. The model runs in eval mode (its previous mode is restored afterwards) under
-    ``torch.no_grad``; prompts are left-padded here, whatever ``tokenizer.padding_side`` says (the
-    tokenizer is not modified), with position ids counting real tokens only.
-
-    Args:
-        model: causal LM returning ``.logits`` ``[B, T, V]``; called with ``input_ids``,
-            ``attention_mask``, ``position_ids`` (and ``logits_to_keep=1`` when it accepts it).
-        tokenizer: its tokenizer (``encode``, ``convert_ids_to_tokens``, pad/eos/unk ids).
-        batch_size: judge prompts per forward pass.
-        add_special_tokens: passed to ``tokenizer.encode`` for the judge prompts (BOS for Llama).
-        rubric, labels, template, score_labels, score_template, score_values: see :class:`Judge`.
-    """
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        rubric: str = DEFAULT_RUBRIC,
-        labels: Sequence[str] = ("A", "B"),
-        template: str = PAIRWISE_TEMPLATE,
-        *,
-        score_labels: Sequence[str] | None = ("1", "2", "3", "4", "5"),
-        score_template: str = SCORE_TEMPLATE,
-        score_values: Sequence[float] | None = None,
-        batch_size: int = 8,
-        add_special_tokens: bool = True,
-    ):
-        super().__init__(rubric, labels, template, score_labels, score_template, score_values)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.add_special_tokens = batch_size, add_special_tokens
-        self._token_ids: dict[tuple[str, ...], list[int]] = {
-            self.labels: self._label_token_ids(self.labels, self.template, "labels")
-        }
-        if self.score_labels is not None:
-            self._token_ids[self.score_labels] = self._label_token_ids(
-                self.score_labels, self.score_template, "score_labels (pass score_labels=None to disable score mode)"
-            )
-        try:
-            params = inspect.signature(model.forward).parameters
-            self._keep_last = "logits_to_keep" in params
-        except (TypeError, ValueError, AttributeError):
-            self._keep_last = False
-
-    def _label_token_ids(self, labels: tuple[str, ...], template: str, what: str) -> list[int]:
-        tok = self.tokenizer
-        spaced_first = not template[-1:].isspace()
-        ids = []
-        for label in labels:
-            tried = []
-            for variant in ([" " + label, label] if spaced_first else [label, " " + label]):
-                enc = tok.encode(variant, add_special_tokens=False)
-                if len(enc) == 1 and (tok.unk_token_id is None or enc[0] != tok.unk_token_id):
-                    ids.append(enc[0])
-                    break
-                tried.append(f"{variant!r} -> {tok.convert_ids_to_tokens(enc)}")
-            else:
-                raise ValueError(
-                    f"judge {what}: label {label!r} is not a single known token of this tokenizer "
-                    f"({'; '.join(tried)}); choose labels that are single tokens"
-                )
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"judge {what}: labels {labels!r} map to the same token ids {ids}")
-        return ids
-
-    def label_probs(self, texts: list[str], labels: tuple[str, ...], where: list[str]) -> torch.Tensor:
-        from alignkit.generation.base import left_pad
-
-        label_ids = self._token_ids[labels]
-        tok = self.tokenizer
-        pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
-        encoded = [tok.encode(t, add_special_tokens=self.add_special_tokens) for t in texts]
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        kwargs = {"logits_to_keep": 1} if self._keep_last else {}
-        index = torch.tensor(label_ids, device=device)
-        out = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(encoded), self.batch_size):
-                    ids, mask = left_pad(encoded[start : start + self.batch_size], pad_id, device=device)
-                    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
-                    # left padding: the last column is every row's last real token. [B, V] -> [B, K]
-                    out.append(torch.softmax(logits[:, -1, :].index_select(-1, index).float(), dim=-1).cpu())
-        finally:
-            self.model.train(was_training)
-        return torch.cat(out)
-
-
-def _dig(obj: Any, *keys: Any) -> Any:
-    """``obj[k0][k1]...`` or None when any step is missing or of the wrong type."""
-    for k in keys:
-        if isinstance(k, int):
-            if not isinstance(obj, list) or not -len(obj) <= k < len(obj):
-                return None
-        elif not isinstance(obj, dict) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
-
-
-def parse_label_probs(body: bytes | str, labels: Sequence[str], where: str, source: str = "judge") -> list[float]:
-    """Label probabilities from an OpenAI-style chat completion response body. ``-> K floats summing to 1``.
-
-    Prefers ``choices[0].logprobs.content[0].top_logprobs``: the probability of label k is the sum of
-    ``exp(logprob)`` over the listed tokens equal to it after stripping whitespace (``"A"`` and ``" A"``),
-    renormalised over the labels (a label missing from the top-k list gets 0). Without usable log-probs,
-    ``choices[0].message.content`` (stripped of whitespace and ``.:)*"'```) must be one of the labels, which
-    then gets probability 1. Anything else is a ValueError quoting the (truncated) answer and ``where``.
-
-    >>> body = '{"choices": [{"logprobs": {"content": [{"top_logprobs": ['
-    >>> body += '{"token": " A", "logprob": -0.2231}, {"token": "B", "logprob": -1.6094}]}]}}]}'
-    >>> [round(p, 3) for p in parse_label_probs(body, ("A", "B"), "prompt index 0")]
-    [0.8, 0.2]
-    >>> parse_label_probs('{"choices": [{"message": {"content": "B."}}]}', ("A", "B"), "prompt index 0")
-    [0.0, 1.0]
-    """
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{source} answered {where} with something that is not JSON: {_clip(body)!r}") from None
-    choice = _dig(data, "choices", 0)
-    if not isinstance(choice, dict):
-        raise ValueError(f"{source} answer for {where} has no choices[0]: {_clip(json.dumps(data))!r}")
-    stripped = [x.strip() for x in labels]
-    top = _dig(choice, "logprobs", "content", 0, "top_logprobs")
-    if isinstance(top, list):
-        mass = [0.0] * len(labels)
-        for entry in top:
-            token, logprob = _dig(entry, "token"), _dig(entry, "logprob")
-            if isinstance(token, str) and token.strip() in stripped and isinstance(logprob, (int, float)):
-                if not isinstance(logprob, bool) and not math.isnan(logprob):
-                    mass[stripped.index(token.strip())] += math.exp(min(float(logprob), 0.0))
-        total = sum(mass)
-        if total > 0:
-            return [m / total for m in mass]
-    content = _dig(choice, "message", "content")
-    if not isinstance(content, str):
-        raise ValueError(
-            f"{source} answer for {where} has neither label log-probs nor a message content: "
-            f"{_clip(json.dumps(choice))!r}"
-        )
-    answer = content.strip().strip(".:)*\"'` \n\t")
-    if answer not in stripped:
-        raise ValueError(f"{source} answer for {where} is {_clip(content)!r}, not one of the labels {list(labels)}")
-    return [1.0 if x == answer else 0.0 for x in stripped]
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib follows 301/302/303/307/308 by default, headers (the API key) included: refuse them all."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise JudgeError(f"judge endpoint {self.url} answered HTTP {code} redirecting to {_clip(newurl)!r}; "
-                         "redirects are not followed (the API key would be sent there): set base_url to the "
-                         "endpoint's final address")
-
-
-class HTTPChatJudge(Judge):
-    """A judge behind an OpenAI-compatible chat endpoint (vLLM, SGLang, llama.cpp server, hosted APIs).
-
-    Each judge prompt is one request ``POST {base_url}/chat/completions`` with the JSON body
-    ``{model, messages: [{role: "user", content: prompt}], temperature: 0, max_tokens, logprobs: true,
-    top_logprobs}``; label probabilities are read by :func:`parse_label_probs`. Only the standard library
-    is used (``urllib.request``, ``json``), and nothing is sent until :meth:`prefer` or :meth:`score` is
-    called on a judge the user built.
-
-    Failures: HTTP 429/5xx, connection errors and timeouts are retried ``max_retries`` times (sleeping
-    ``retry_backoff * attempt`` seconds); then a timeout raises ``TimeoutError`` naming the URL and the
-    ``timeout`` setting, anything else :class:`JudgeError`. Other HTTP statuses raise :class:`JudgeError`
-    at once. A reply that is not JSON, lacks the fields, or names no allowed label raises ``ValueError``
-    quoting it and naming the prompt index. The API key is sent as ``Authorization: Bearer`` and never
-    appears in messages. Redirects are never followed (a redirect would carry the key to whatever host
-    the reply names): a 3xx reply raises :class:`JudgeError` naming where it pointed.
-
-    Args:
-        base_url: e.g. ``"http://127.0.0.1:8000/v1"`` (``/chat/completions`` is appended).
-        model: the model name the endpoint expects.
-        api_key: optional bearer token (pass it explicitly; no environment variable is read).
-        timeout: seconds per request attempt.
-        max_retries: extra attempts after a retryable failure (>= 0).
-        retry_backoff: seconds; attempt k waits ``retry_backoff * k`` before retrying.
-        top_logprobs: how many alternatives to request for the first answer token.
-        max_tokens: answer length cap (1: just the label).
-        max_concurrency: requests in flight at once (threads).
-        max_response_bytes: a longer reply is an error (the body is never read past this).
-        system_prompt: optional system message sent before the judge prompt.
-        proxies: ``urllib`` proxy mapping; None uses the environment's (``http_proxy``...), ``{}`` none.
-        rubric, labels, template, score_labels, score_template, score_values: see :class:`Judge`.
-    """
-
-    RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 2,
-        retry_backoff: float = 1.0,
-        top_logprobs: int = 5,
-        max_tokens: int = 1,
-        max_concurrency: int = 4,
-        max_response_bytes: int = 1 << 20,
-        system_prompt: str | None = None,
-        proxies: dict[str, str] | None = None,
-        rubric: str = DEFAULT_RUBRIC,
-        labels: Sequence[str] = ("A", "B"),
-        template: str = PAIRWISE_TEMPLATE,
-        score_labels: Sequence[str] | None = ("1", "2", "3", "4", "5"),
-        score_template: str = SCORE_TEMPLATE,
-        score_values: Sequence[float] | None = None,
-    ):
-        super().__init__(rubric, labels, template, score_labels, score_template, score_values)
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        for name, value, low in (("max_retries", max_retries, 0), ("top_logprobs", top_logprobs, 0),
-                                 ("max_tokens", max_tokens, 1), ("max_concurrency", max_concurrency, 1),
-                                 ("max_response_bytes", max_response_bytes, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if retry_backoff < 0:
-            raise ValueError(f"retry_backoff must be >= 0, got {retry_backoff}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.timeout, self.max_retries = model, float(timeout), max_retries
-        self.retry_backoff, self.top_logprobs, self.max_tokens = float(retry_backoff), top_logprobs, max_tokens
-        self.max_concurrency, self.system_prompt, self.proxies = max_concurrency, system_prompt, proxies
-        self.max_response_bytes = max_response_bytes
-        self._api_key = api_key
-
-    def __repr__(self) -> str:
-        return f"HTTPChatJudge(url={self.url!r}, model={self.model!r})"
-
-    def request_body(self, text: str) -> dict[str, Any]:
-        """The JSON body sent for one judge prompt."""
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        body = {
-            "model": self.model,
-            "messages": [*messages, {"role": "user", "content": text}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-            "logprobs": self.top_logprobs > 0,
-        }
-        if self.top_logprobs > 0:
-            body["top_logprobs"] = self.top_logprobs
-        return body
-
-    def _post(self, text: str, where: str) -> bytes:
-        from http.client import HTTPException
-
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        data = json.dumps(self.request_body(text)).encode("utf-8")
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler(self.proxies), _RefuseRedirects(self.url))
-        attempts = self.max_retries + 1
-        last = ""
-        for attempt in range(1, attempts + 1):
-            if attempt > 1 and self.retry_backoff:
-                time.sleep(self.retry_backoff * (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with opener.open(request, timeout=self.timeout) as response:
-                    body = response.read(self.max_response_bytes + 1)
-                if len(body) > self.max_response_bytes:
-                    raise JudgeError(f"judge endpoint {self.url} sent more than max_response_bytes="
-                                     f"{self.max_response_bytes} for {where}; a label reply is a few KiB")
-                return body
-            except JudgeError:
-                raise
-            except urllib.error.HTTPError as e:
-                detail = _clip(e.read() if e.fp is not None else b"")
-                if e.code not in self.RETRY_STATUSES:
-                    raise JudgeError(
-                        f"judge endpoint {self.url} answered HTTP {e.code} for {where}: {detail!r}"
-                    ) from None
-                last = f"HTTP {e.code}: {detail!r}"
-            except (OSError, HTTPException) as e:  # URLError and TimeoutError are OSErrors
-                reason = e.reason if isinstance(e, urllib.error.URLError) else e
-                if isinstance(reason, TimeoutError):
-                    last = "timeout"
-                else:
-                    last = f"{type(reason).__name__}: {reason}"
-        if last == "timeout":
-            raise TimeoutError(
-                f"judge endpoint {self.url} did not answer {where} within timeout={self.timeout}s "
-                f"({attempts} attempts, max_retries={self.max_retries}); increase HTTPChatJudge(timeout=...) "
-                "or check the server"
-            )
-        raise JudgeError(f"judge endpoint {self.url} failed for {where} after {attempts} attempts: {last}")
-
-    def _ask(self, item: tuple[str, str, tuple[str, ...]]) -> list[float]:
-        text, where, labels = item
-        return parse_label_probs(self._post(text, where), labels, where, source=f"judge endpoint {self.url}")
-
-    def label_probs(self, texts: list[str], labels: tuple[str, ...], where: list[str]) -> torch.Tensor:
-        items = [(t, w, labels) for t, w in zip(texts, where, strict=True)]
-        workers = min(self.max_concurrency, len(items))
-        if workers <= 1:
-            rows = [self._ask(item) for item in items]
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                rows = list(pool.map(self._ask, items))
-        return torch.tensor(rows, dtype=torch.float32).view(len(items), len(labels))
