@@ -92,7 +92,7 @@ def test_no_config_field_is_declared_twice():
     sampling fields are declared once for the trainers, Best-of-N, RLAIF and ``generate``."""
     import dataclasses
 
-    from alignkit.cli import GenerateJob
+    from alignkit.cli.jobs import GenerateJob
     from alignkit.trainers import (
         BestOfNConfig,
         DPOConfig,
@@ -130,3 +130,64 @@ def test_no_config_field_is_declared_twice():
         assert issubclass(cls, TokenizeConfig)
     for name in ("lora", "mixed_precision", "gradient_checkpointing", "learning_rate", "save_steps", "on_nonfinite"):
         assert name in RunConfig.__annotations__ and name in {f.name for f in dataclasses.fields(OnlineConfig)}
+
+
+def _alignkit_modules(path: pathlib.Path) -> set[str]:
+    """Full dotted alignkit modules a file imports, without the ``alignkit.`` prefix (``generation.engine``);
+    ``from .x import name`` counts as importing module ``x`` (and ``x.name``, which may be a submodule)."""
+    tree = ast.parse(path.read_text())
+    package = path.relative_to(SRC).parts[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                target = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.startswith("alignkit."):
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            found.add(".".join(target))
+            found.update(".".join([*target, alias.name]) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("alignkit."))
+    return found
+
+
+def _files(*packages: str):
+    for package in packages:
+        yield from (SRC / package).rglob("*.py")
+
+
+def test_trainers_and_the_loop_never_build_an_engine_themselves():
+    """An engine is built by ``generation.make_generator`` only (engines are chosen by name); ``training/`` sits
+    below ``rollout.py`` and takes a sampling callable for its report samples."""
+    for path in _files("trainers", "training"):
+        imports = _alignkit_modules(path)
+        engine = {m for m in imports if m.startswith("generation.engine") or m == "generation.KVCacheGenerator"}
+        assert not engine, f"{path.relative_to(SRC)} imports {engine}; build engines with make_generator"
+    for path in _files("training"):
+        rollout = {m for m in _alignkit_modules(path) if m.split(".")[0] == "rollout"}
+        assert not rollout, f"{path.relative_to(SRC)} imports {rollout}; training/ sits below rollout.py"
+
+
+def test_only_the_cli_imports_the_cli_and_no_cli_module_is_long():
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).parts[0] != "cli":
+            assert "cli" not in _alignkit_imports(path), f"{path.relative_to(SRC)} imports alignkit.cli"
+    for path in (SRC / "cli").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 300, f"{path.name} is over 300 lines"
+
+
+def test_forward_helpers_live_in_models_forward():
+    """One position-ids function and one set of forward helpers: nobody computes position ids inline, and DPO,
+    the rollout and the online update import the forward helpers from models/forward.py."""
+    for path in SRC.rglob("*.py"):
+        if path.name == "forward.py" or "classic" in path.parts:
+            continue
+        text = path.read_text()
+        assert "cumsum(-1) - 1)" not in text and "cumsum(dim=-1) - 1)" not in text, \
+            f"{path.relative_to(SRC)} computes position ids inline; use models.forward.position_ids_from_mask"
+    for name in ("model_logits", "response_token_logits", "concat_sequences", "response_logprobs"):
+        owners = [p.relative_to(SRC) for p in SRC.rglob("*.py") if f"def {name}(" in p.read_text()]
+        assert [str(o) for o in owners] == ["models/forward.py"], (name, owners)

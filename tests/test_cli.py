@@ -130,11 +130,11 @@ def test_every_shipped_preset_parses_for_its_command(preset, tiny_dir, tmp_path)
 def test_every_command_has_a_preset():
     import yaml
 
-    from alignkit.cli import CLASSIC, _commands
+    from alignkit.cli import COMMANDS
 
     presets = {yaml.safe_load(p.read_text())["method"]
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
-    wanted = set(_commands()) | {f"classic {sub}" for sub in CLASSIC}
+    wanted = {c.name for c in COMMANDS} - {"report", "quickstart"}  # no method options to preset
     assert wanted <= presets, f"no preset for {sorted(wanted - presets)}"
 
 
@@ -435,3 +435,39 @@ def test_an_over_long_prompt_is_named_by_its_line_before_the_model_loads(tiny_di
         main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={tmp_path / 'run'}",
               "reward_fn=tests.train.tasks:has_good", "max_prompt_length=4", "prompt_truncation=error"])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_field_two_parts_of_a_job_declare_is_an_error_not_a_silent_choice():
+    from dataclasses import dataclass
+
+    from alignkit.cli import COMMANDS
+    from alignkit.cli.jobs import OutputJob, compose_job
+    from alignkit.training.config import option
+
+    @dataclass
+    class Other:
+        output_dir: str = option("elsewhere", "a second declaration")
+
+    with pytest.raises(TypeError, match="field 'output_dir' is declared by both"):
+        compose_job("Clash", OutputJob, Other)
+    for command in COMMANDS:  # every command's job composes: each option is declared once
+        assert command.config().__dataclass_fields__
+
+
+def test_every_command_is_dispatched_from_the_table(monkeypatch, tmp_path):
+    """main() reaches each command's run through its table entry (the table is the only dispatch path)."""
+    import dataclasses
+
+    from alignkit import cli
+
+    called = []
+    for command in cli.COMMANDS:
+        monkeypatch.setitem(cli.BY_NAME, command.name, dataclasses.replace(
+            command, run=lambda name, config: called.append(name), check=None))
+    (tmp_path / "run").mkdir()
+    for command in cli.COMMANDS:
+        argv = command.name.split(" ") + ([str(tmp_path / "run")] if command.positional else [])
+        if command.name == "rlaif":
+            argv += ["judge=tests.train.tasks:GoodWordJudge"]
+        assert cli.main(argv) == 0, command.name
+    assert called == [c.name for c in cli.COMMANDS]

@@ -94,9 +94,19 @@ class SeedConfig:
 
 
 @dataclass
-class SamplingConfig:
+class PromptLengthConfig:
+    """The prompt-length limit, declared once for sampling (:class:`SamplingConfig`) and for the offline
+    trainers' rows (:class:`TokenizeConfig`): ``alignkit rlaif`` samples and trains with the same one."""
+
+    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit): a longer prompt keeps its last "
+                                       "tokens (sampling: see prompt_truncation; training rows: with truncation=fit)",
+                                    bounds="[0, inf)")
+
+
+@dataclass
+class SamplingConfig(PromptLengthConfig):
     """How completions are sampled: declared once for the online trainers, Best-of-N, RLAIF and ``generate``
-    (each may set other defaults with :func:`with_defaults`). :meth:`sampling_kwargs` feeds
+    (each may set other defaults with :func:`with_defaults`). :meth:`sampling_params` makes the
     ``alignkit.generation.SamplingParams``, which validates them."""
 
     max_new_tokens: int = option(64, "longest completion, in tokens", bounds="[1, inf)")
@@ -106,7 +116,6 @@ class SamplingConfig:
     top_k: int = option(0, "top-k sampling (0 = off); the policy gradient assumes untruncated sampling",
                         bounds="[0, inf)")
     top_p: float = option(1.0, "nucleus sampling (1 = off)", bounds="(0, 1]")
-    max_prompt_length: int = option(0, "longest prompt in tokens (0 = no limit)", bounds="[0, inf)")
     prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log) or is an error",
                                     choices=("error", "left"))
     chat_template: str = option("off", "render each prompt as a user turn with the tokenizer's chat template: on, "
@@ -120,20 +129,23 @@ class SamplingConfig:
         return {"max_prompt_length": self.max_prompt_length or None, "prompt_truncation": self.prompt_truncation,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt}
 
-    def sampling_kwargs(self) -> dict:
-        """``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_k``, ``top_p`` for SamplingParams."""
-        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
-                "temperature": float(self.temperature), "top_k": self.top_k, "top_p": float(self.top_p)}
+    def sampling_params(self, n: int, **keys):
+        """These settings as :class:`alignkit.generation.SamplingParams` with ``n`` samples per prompt (the one
+        place a config becomes sampling parameters; SamplingParams validates them). ``keys``: ``seed``,
+        ``first_prompt_index``, ``prompt_keys``, ``greedy``."""
+        from ..generation.base import SamplingParams
+
+        return SamplingParams(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                              temperature=float(self.temperature), top_k=self.top_k, top_p=float(self.top_p), n=n,
+                              **keys)
 
 
 @dataclass
-class TokenizeConfig:
+class TokenizeConfig(PromptLengthConfig):
     """How the offline trainers' rows become tokens (``alignkit.data.tokenize_sft`` / ``tokenize_preferences``),
     declared once for SFT, the reward model and DPO."""
 
     max_length: int = option(512, "longest tokenised prompt + response", bounds="[1, inf)")
-    max_prompt_length: int = option(0, "with truncation=fit, prompts are first cut from the left to this many "
-                                       "tokens (0 = no separate limit)", bounds="[0, inf)")
     truncation: str = option("fit", "longer rows: fit (cut the prompt's start, then the responses' end; counted, "
                                     "never stops the run), error, left (prompt only) or right (responses only)",
                              choices=TRUNCATION_MODES)

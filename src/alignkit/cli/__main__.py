@@ -1,0 +1,5 @@
+"""``python -m alignkit.cli``: the ``alignkit`` command."""
+
+from . import main
+
+raise SystemExit(main())

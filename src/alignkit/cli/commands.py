@@ -1,0 +1,118 @@
+"""The one table of ``alignkit`` commands: ``Command(name, config, summary, run)``; :func:`main` dispatches from it
+and from nowhere else.
+
+A command's config class is built on first use (``config`` is a function returning it), so ``alignkit --help``
+and the classic commands do not import the language-model stack.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import runners
+from .jobs import (
+    GenerateJob,
+    ModelJob,
+    OfflineDataJob,
+    OnlineDataJob,
+    OutputJob,
+    ReportJob,
+    check_required,
+    compose_job,
+    rlaif_job,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``alignkit`` command.
+
+    Attributes:
+        name: what the user types: ``"ppo"``, or ``"classic gym"`` for a command of the ``classic`` group.
+        config: returns the config dataclass its options come from (called on first use).
+        summary: one line for ``alignkit --help`` and the command's own help.
+        run: runs the command with its parsed and validated config.
+        positional: a field a bare argument sets (``alignkit report RUN_DIR``), else "".
+        check: checks a parsed config before its own ``validate`` (required fields, files that must exist).
+    """
+
+    name: str
+    config: Callable[[], type]
+    summary: str
+    run: Callable[[object], None]
+    positional: str = ""
+    check: Callable[[object], None] | None = check_required
+
+    @property
+    def group(self) -> str:
+        """``"classic"`` for ``"classic gym"``; "" for a top-level command."""
+        return self.name.split(" ", 1)[0] if " " in self.name else ""
+
+
+def _trainer_job(job_name: str, trainer_config: str, *parts: type) -> Callable[[], type]:
+    @functools.cache
+    def build() -> type:
+        from .. import trainers
+
+        return compose_job(job_name, getattr(trainers, trainer_config), *parts)
+
+    return build
+
+
+def _classic_config(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+def _quickstart_config() -> type:
+    from ..quickstart import QuickstartConfig
+
+    return QuickstartConfig
+
+
+_OFFLINE = (OfflineDataJob, ModelJob)
+_ONLINE = (OnlineDataJob, ModelJob)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("sft", _trainer_job("SFTJob", "SFTConfig", *_OFFLINE), "supervised fine-tuning on prompt/completion data",
+            runners.run_offline),
+    Command("reward", _trainer_job("RewardJob", "RewardConfig", *_OFFLINE), "train a Bradley-Terry reward model",
+            runners.run_offline),
+    Command("dpo", _trainer_job("DPOJob", "DPOConfig", *_OFFLINE), "DPO / IPO / cDPO / hinge on preference pairs",
+            runners.run_offline),
+    Command("reinforce", _trainer_job("ReinforceJob", "ReinforceConfig", *_ONLINE),
+            "REINFORCE with a baseline (none, batch, prompt, loo = RLOO, grpo)", runners.run_online),
+    Command("ppo", _trainer_job("PPOJob", "PPOConfig", *_ONLINE), "PPO actor-critic with a KL penalty",
+            runners.run_online),
+    Command("trpo", _trainer_job("TRPOJob", "TRPOConfig", *_ONLINE), "TRPO: KL-constrained natural-gradient steps",
+            runners.run_online),
+    Command("bon", _trainer_job("BestOfNJob", "BestOfNConfig", OutputJob, *_ONLINE),
+            "Best-of-N sampling with a reward: win rate, KL bound, chosen completions as SFT data", runners.run_bon),
+    Command("rlaif", functools.cache(rlaif_job),
+            "RLAIF: an AI judge labels pairs of policy samples; train a reward model or DPO", runners.run_rlaif),
+    Command("generate", lambda: GenerateJob, "sample completions from a checkpoint", runners.run_generate),
+    Command("classic gridworld", _classic_config("alignkit.classic.tabular_cli", "GridworldConfig"),
+            "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)",
+            runners.run_classic, check=None),
+    Command("classic bandit", _classic_config("alignkit.classic.tabular_cli", "BanditConfig"),
+            "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs",
+            runners.run_classic, check=None),
+    Command("classic gym", _classic_config("alignkit.classic.gym_runner", "GymConfig"),
+            "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium",
+            runners.run_classic, check=None),
+    Command("report", lambda: ReportJob, "(re)write a run directory's report.html: alignkit report RUN_DIR",
+            runners.run_report, positional="run_dir", check=None),
+    Command("quickstart", _quickstart_config,
+            "the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU", runners.run_quickstart,
+            check=None),
+)
+
+GROUPS = {"classic": "the foundations: classic gridworld | bandit | gym (alignkit classic --help)"}
+
+BY_NAME = {c.name: c for c in COMMANDS}

@@ -1,0 +1,118 @@
+"""What a command reads before anything is written: its data files (validated), tokenizer, model and reward."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .parser import UsageError
+
+
+def check_run_directory(config) -> None:
+    """A trainer's run directory must be free (or resumed / overwritten on purpose); checked again when it starts."""
+    if not hasattr(config, "overwrite"):
+        return
+    from ..training.run_dir import RunDirectoryError, check_run_dir
+
+    try:
+        check_run_dir(config.output_dir, config.resume_from, config.overwrite)
+    except RunDirectoryError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_offline_rows(config):
+    """(training rows, held-out rows or None) of an offline job, read and validated."""
+    from ..data import load_rows
+
+    fmt = config.data_format or None
+    train = load_rows(config.train_file, format=fmt, skip_invalid=config.skip_invalid)
+    held_out = load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file else None
+    return train, held_out
+
+
+def load_prompt_rows(config):
+    """(rows, prompt strings, extra columns) of a job's prompt file."""
+    from ..data import load_rows
+
+    rows = load_rows(config.prompts_file, skip_invalid=False)
+    return rows, [r["prompt"] for r in rows], prompt_columns(rows)
+
+
+def prompt_columns(rows) -> dict[str, list]:
+    """The extra columns of prompt-file rows (e.g. GSM8K's ``answer``) as ``{name: [value per row]}``, for the
+    reward function. A column must be in every row: one missing from some rows is a DataError naming the
+    first such row (a reward would otherwise get ``None`` there and score it silently)."""
+    from ..data import DataError
+
+    names = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+    for name in names:
+        missing = [i for i, r in enumerate(rows) if name not in r]
+        if missing:
+            raise DataError(f"has no {name!r} column, which {len(rows) - len(missing)} other rows of the prompt file "
+                            f"have ({len(missing)} rows lack it); give every row the column or none",
+                            location=rows.where(missing[0]))
+    return {name: [r[name] for r in rows] for name in names}
+
+
+def check_prompt_lengths(tok, rows, config) -> None:
+    """With ``prompt_truncation=error``: every prompt of the file, as it will be rendered, fits
+    ``max_prompt_length``; else a DataError naming the first one's line (found before the model loads, not when
+    its step comes)."""
+    if getattr(config, "prompt_truncation", "") != "error" or not config.max_prompt_length:
+        return
+    from ..data import DataError
+    from ..rollout import tokenize_prompts
+
+    kwargs = {**config.prompt_kwargs(), "max_prompt_length": None}
+    ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **kwargs)
+    too_long = [i for i, x in enumerate(ids) if len(x) > config.max_prompt_length]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"prompt is {len(ids[i])} tokens, more than max_prompt_length={config.max_prompt_length} "
+                        f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the default, "
+                        "left, keeps each prompt's last tokens)", location=rows.where(i))
+
+
+def load_tokenizer_for(config):
+    from ..models import load_tokenizer
+
+    return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
+
+
+def load_policy(config, tok):
+    from ..models import load_causal_lm
+
+    return load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
+
+
+def reward_source(config, tok):
+    """The job's reward: a function by import path, an AI judge (a Judge is a RewardFn: the expected score label of
+    each completion) or a reward model's scorer."""
+    if config.reward_fn:
+        from ..rewards import resolve_reward_fn
+
+        return resolve_reward_fn(config.reward_fn)
+    if config.judge_model or config.judge_url:
+        return judge(config)
+    from ..models import load_reward_model
+    from ..rewards import RewardModelScorer
+
+    return RewardModelScorer(load_reward_model(config.reward_model), tok)
+
+
+def judge(config):
+    """The job's AI judge: a pair judge by import path, an OpenAI-compatible endpoint or a local causal LM."""
+    from ..rewards import HTTPChatJudge, LocalLMJudge
+    from .jobs import pair_judge
+
+    extra = {"rubric": Path(config.rubric_file).read_text()} if config.rubric_file else {}
+    if getattr(config, "judge", ""):
+        return pair_judge(config.judge)
+    if config.judge_url:
+        key = os.environ[config.judge_api_key_env] if config.judge_api_key_env else None
+        return HTTPChatJudge(config.judge_url, config.judge_name, api_key=key, **extra)
+    from ..models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(config.judge_model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
+    model = load_causal_lm(config.judge_model, trust_remote_code=config.trust_remote_code, tokenizer=tok)
+    return LocalLMJudge(model, tok, **extra)

@@ -1,0 +1,213 @@
+"""What each command does with its parsed, validated config: ``run(name, config)`` for every entry of the command
+table (:mod:`.commands`). Data files are read and validated before a model loads or anything is written."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from .inputs import (
+    check_prompt_lengths,
+    check_run_directory,
+    judge,
+    load_offline_rows,
+    load_policy,
+    load_prompt_rows,
+    load_tokenizer_for,
+    reward_source,
+)
+from .jobs import project
+from .parser import UsageError
+
+RESULT_FILES = ("final", "report.html", "metrics.jsonl", "completions.jsonl", "best_of_n.jsonl", "summary.json")
+
+
+def results_summary(output_dir: str) -> str:
+    """``results in DIR:`` and the result files present there (final model, report, metrics...)."""
+    out = Path(output_dir)
+    found = [f"  {out / name}{'/' if (out / name).is_dir() else ''}" for name in RESULT_FILES if (out / name).exists()]
+    return "\n".join([f"results in {out}/:", *found])
+
+
+def says_where_results_went(run):
+    """After ``run``, the main process prints where the results are (:func:`results_summary`)."""
+
+    @functools.wraps(run)
+    def wrapped(name: str, config) -> None:
+        run(name, config)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(results_summary(config.output_dir))
+
+    return wrapped
+
+
+def save_resolved(config) -> None:
+    """``<output_dir>/resolved_config.yaml``: every option's value, the run's record of how it was made."""
+    import yaml
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    (out / "resolved_config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+@says_where_results_went
+def run_offline(name: str, config) -> None:
+    """``sft``, ``reward``, ``dpo``: tokenise the rows (cut to fit, counted), then train."""
+    from ..data import tokenize_preferences, tokenize_sft
+    from ..models import RewardModel
+    from ..trainers import DPOTrainer, RewardTrainer, SFTTrainer
+
+    check_run_directory(config)
+    train_rows, eval_rows = load_offline_rows(config)
+    tok = load_tokenizer_for(config)
+    policy = load_policy(config, tok)
+    save_resolved(config)
+    tokenize = tokenize_sft if name == "sft" else tokenize_preferences
+    train = tokenize(train_rows, tok, **config.tokenize_kwargs())
+    held_out = tokenize(eval_rows, tok, **config.tokenize_kwargs()) if eval_rows is not None else None
+    if name == "reward":
+        model, trainer_cls = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id), RewardTrainer
+    else:
+        model, trainer_cls = policy, SFTTrainer if name == "sft" else DPOTrainer
+    trainer_cls(config, model, train, held_out, tokenizer=tok).train()
+
+
+def _load_online(config):
+    """(tokenizer, policy, prompts, columns) of a job that samples from prompts."""
+    check_run_directory(config)
+    rows, prompts, columns = load_prompt_rows(config)
+    tok = load_tokenizer_for(config)
+    check_prompt_lengths(tok, rows, config)
+    policy = load_policy(config, tok)
+    save_resolved(config)
+    return tok, policy, prompts, columns
+
+
+@says_where_results_went
+def run_online(name: str, config) -> None:
+    """``reinforce``, ``ppo``, ``trpo``: sample, score and update, step after step."""
+    from ..trainers import PPOTrainer, ReinforceTrainer, TRPOTrainer
+
+    tok, policy, prompts, columns = _load_online(config)
+    reward = reward_source(config, tok)
+    trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[name]
+    trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
+
+
+@says_where_results_went
+def run_bon(name: str, config) -> None:
+    """Best-of-N: ``best_of_n.jsonl`` (the chosen completions as SFT rows), ``summary.json`` and the report."""
+    from ..generation import make_generator
+    from ..trainers import best_of_n
+    from ..training.distributed import make_accelerator
+    from ..training.report import append_samples, write_report
+
+    tok, policy, prompts, columns = _load_online(config)
+    reward = reward_source(config, tok)
+    accelerator = make_accelerator()  # several processes: each samples and scores a share of the prompts
+    engine = make_generator(policy.to(accelerator.device), tok)
+    result = best_of_n(prompts, tok, engine, reward, config, columns=columns, rank=accelerator.process_index,
+                       world_size=accelerator.num_processes)
+    if accelerator.is_main_process:
+        summary = result.summary()
+        out = Path(config.output_dir)
+        result.write_jsonl(out / "best_of_n.jsonl")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        append_samples(out, 0, result.to_sft_rows()[:8])
+        write_report(out, title=f"alignkit bon: {out.resolve().name}", summary=summary)
+    accelerator.wait_for_everyone()  # no process leaves (and tears the process group down) before the writes
+
+
+@says_where_results_went
+def run_rlaif(name: str, config) -> None:
+    """Sample pairs, label them with the judge (ai_labels.jsonl), then train a reward model or DPO on them."""
+    from ..generation import make_generator
+    from ..models import RewardModel
+    from ..trainers import DPOConfig, RewardConfig
+    from ..trainers.rlaif import RLAIFConfig, label_pairs_with_judge, train_on_ai_labels
+    from ..training.distributed import make_accelerator
+
+    tok, policy, prompts, _ = _load_online(config)
+    out = Path(config.output_dir)
+    accelerator = make_accelerator()  # several processes: each samples and judges a share of the pairs
+    engine = make_generator(policy.to(accelerator.device), tok)
+    labels = label_pairs_with_judge(prompts, tok, engine, judge(config), project(config, RLAIFConfig),
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes)
+    if accelerator.is_main_process:
+        labels.write_jsonl(out / "ai_labels.jsonl")
+        (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
+        print(json.dumps(labels.counts, indent=2))
+    if config.rlaif_method == "reward":
+        model = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id)
+        train_config = project(config, RewardConfig)
+    else:
+        model, train_config = policy, project(config, DPOConfig)
+    trainer = train_on_ai_labels(labels, tok, model, config.rlaif_method, train_config, train=False)
+    trainer.report_summary = {f"ai_labels/{k}": v for k, v in labels.counts.items()}  # shown in report.html
+    trainer.train()
+
+
+@says_where_results_went
+def run_generate(name: str, config) -> None:
+    """Write ``completions.jsonl`` ({prompt, completion, finished}) and print the first few."""
+    from ..generation import make_generator
+    from ..rollout import completion_rows, tokenize_prompts
+    from ..training.report import append_samples, write_report
+
+    tok, policy, prompts, _ = _load_online(config)
+    ids, n_cut = tokenize_prompts(tok, prompts, **config.prompt_kwargs())
+    if n_cut:
+        print(f"{n_cut} of {len(prompts)} prompts were longer than max_prompt_length={config.max_prompt_length}: "
+              "kept their last tokens")
+    comp = make_generator(policy, tok).generate(ids, config.sampling())
+    rows = completion_rows(tok, comp, prompts)
+    path = Path(config.output_dir) / "completions.jsonl"
+    with path.open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    for row in rows[:5]:
+        print(f"{row['prompt']!r} -> {row['completion']!r}")
+    append_samples(path.parent, 0, rows[:8])
+    write_report(path.parent, title=f"alignkit generate: {path.parent.resolve().name}")
+
+
+CLASSIC_RUNNERS = {"classic gridworld": ("alignkit.classic.tabular_cli", "run_gridworld"),
+                   "classic bandit": ("alignkit.classic.tabular_cli", "run_bandit"),
+                   "classic gym": ("alignkit.classic.gym_runner", "run_gym")}
+
+
+@says_where_results_went
+def run_classic(name: str, config) -> None:
+    """``alignkit classic <sub>``: the runner writes its PNGs and summary.json, then report.html."""
+    import importlib
+
+    from ..training.report import html_image, write_report
+
+    save_resolved(config)
+    module, runner = CLASSIC_RUNNERS[name]
+    summary = getattr(importlib.import_module(module), runner)(config)
+    out = Path(config.output_dir)
+    flat = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))}
+    sections = [(png.stem.replace("_", " "), html_image(png.name, png.stem)) for png in sorted(out.glob("*.png"))]
+    write_report(out, title=f"alignkit {name}: {out.resolve().name}", summary=flat, sections=sections)
+
+
+def run_report(name: str, config) -> None:
+    """``alignkit report RUN_DIR``: (re)write report.html of a run, e.g. one that was stopped early."""
+    from ..training.report import write_report
+
+    try:
+        print(write_report(Path(config.run_dir)))
+    except ValueError as e:  # a corrupt metrics.jsonl line, named with its number
+        raise UsageError(str(e)) from None
+
+
+def run_quickstart(name: str, config) -> None:
+    """``alignkit quickstart``: the built-in SFT -> reward model -> PPO / DPO pipeline."""
+    from ..quickstart import run_quickstart as pipeline
+
+    pipeline(config)
