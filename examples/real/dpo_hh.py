@@ -40,12 +40,12 @@ PROMPT_TOKENS = 128
 def completions(model_dir: str, base_dir: str, prompts: list[str], new_tokens: int) -> list[str]:
     """Greedy completions of a checkpoint (or of a LoRA adapter directory over ``base_dir``), each cut at the
     next ``Human:`` turn."""
-    from alignkit.generation import KVCacheGenerator, SamplingParams
+    from alignkit.generation import SamplingParams, make_generator
     from alignkit.rollout import decode_completions, tokenize_prompts
 
     tok, model = load_trained(model_dir, base_dir)
     ids, _ = tokenize_prompts(tok, prompts, max_prompt_length=PROMPT_TOKENS, prompt_truncation="left")
-    engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
+    engine = make_generator(model, tok)
     texts = []
     for start in range(0, len(ids), 16):
         with torch.no_grad():

@@ -41,13 +41,13 @@ def problems(seed: int, n_held_out: int) -> tuple[list[dict], list[dict]]:
 def accuracy(model_dir: str, base_dir: str, rows: list[dict], samples: int, seed: int) -> dict:
     """Held-out accuracy of a checkpoint (or a LoRA adapter directory over ``base_dir``): sampled at T = 1
     (``samples`` per problem) and greedy."""
-    from alignkit.generation import KVCacheGenerator, SamplingParams
+    from alignkit.generation import SamplingParams, make_generator
     from alignkit.rollout import decode_completions, tokenize_prompts
 
     tok, model = load_trained(model_dir, base_dir)
     prompts = [r["prompt"] for r in rows]
     ids, _ = tokenize_prompts(tok, prompts, chat_template="on", system_prompt=SYSTEM_PROMPT)
-    engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
+    engine = make_generator(model, tok)
     out = {}
     for name, temperature, n in (("sampled", 1.0, samples), ("greedy", 1e-6, 1)):
         with torch.no_grad():

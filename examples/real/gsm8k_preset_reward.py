@@ -36,7 +36,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from alignkit.data import load_rows
-    from alignkit.generation import KVCacheGenerator, SamplingParams
+    from alignkit.generation import SamplingParams, make_generator
     from alignkit.rewards import resolve_reward_fn
     from alignkit.rollout import decode_completions, tokenize_prompts
 
@@ -50,7 +50,7 @@ def main(argv=None):
     prompts = [r["prompt"] for r in rows]
     ids, _ = tokenize_prompts(tok, prompts, chat_template=preset["chat_template"],
                               system_prompt=preset["system_prompt"])
-    engine = KVCacheGenerator(model, tok.eos_token_id, tok.pad_token_id)
+    engine = make_generator(model, tok)
     start, texts = time.perf_counter(), []
     for i in range(0, len(ids), 4):
         with torch.no_grad():

@@ -91,10 +91,10 @@ def _prompts(rng, n):
 
 def _evaluate(policy, tok, prompts, scorer, reference, max_new_tokens, seed):
     """Mean gold score, mean learnt reward and mean sequence KL(pi || pi_sft), plus sample completions."""
-    from .generation import KVCacheGenerator, SamplingParams
+    from .generation import SamplingParams, make_generator
     from .rollout import collect_rollout
 
-    gen = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
+    gen = make_generator(policy, tok)
     ro = collect_rollout(prompts, tok, gen, gold_reward, policy, SamplingParams(max_new_tokens=max_new_tokens,
                          seed=seed), reference=reference)
     kl = float(((ro.logprobs - ro.ref_logprobs) * ro.response_mask).sum(-1).mean())
@@ -108,7 +108,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     import copy
 
     from .data import load_rows, tokenize_preferences, tokenize_sft
-    from .generation import KVCacheGenerator, SamplingParams
+    from .generation import SamplingParams, make_generator
     from .models import RewardModel
     from .models.reference import make_reference
     from .rewards import RewardModelScorer
@@ -143,7 +143,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     sft_policy = copy.deepcopy(policy)
 
     log(f"[2/4] {cfg.pairs} pairs sampled from the SFT policy, labelled by the gold scorer (Bradley-Terry)")
-    gen = KVCacheGenerator(policy, tok.eos_token_id, tok.pad_token_id)
+    gen = make_generator(policy, tok)
     prompts = _prompts(rng, cfg.pairs)
     ids = [tok(p)["input_ids"] for p in prompts]
     comp = gen.generate(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, n=2, seed=cfg.seed))

@@ -20,18 +20,19 @@ Choices (each one named, with the reason):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 
 import torch
 
-from .core.logprobs import token_logprobs
 from .generation.base import Completions, Generator, SamplingParams
+from .generation.registry import make_generator
+from .models.forward import concat_sequences, response_logprobs, response_values
 
 __all__ = [
-    "Rollout", "collect_rollout", "completion_rows", "concat_sequences", "decode_completions", "model_logits",
-    "response_logprobs", "response_token_logits", "response_values", "tokenize_prompts",
+    "Rollout", "ScoredSamples", "check_prompt_columns", "collect_rollout", "completion_rows", "decode_completions",
+    "sample_and_score", "sample_completion_rows", "tokenize_prompts",
 ]
 
 
@@ -216,90 +217,6 @@ def tokenize_prompts(
     return ids, truncated
 
 
-def model_logits(model, input_ids, attention_mask, position_ids=None, keep_last: int = 0) -> torch.Tensor:
-    """Logits ``[N, L, V]`` from a causal LM or a :class:`~alignkit.models.ReferenceModel`; with ``keep_last``
-    > 0 only the last positions ``[N, keep_last, V]``, which the model then computes alone when it can
-    (:func:`~alignkit.models.forward.forward_logits`)."""
-    from .models.forward import forward_logits
-    from .models.reference import ReferenceModel
-
-    if isinstance(model, ReferenceModel):
-        return model.logits(input_ids, attention_mask, position_ids, keep_last=keep_last)
-    return forward_logits(model, input_ids, attention_mask, position_ids, keep_last)
-
-
-def response_token_logits(model, ids, mask, pos, response_len: int) -> torch.Tensor:
-    """Logits scoring each of the last ``response_len`` tokens of ``ids``: ``[N, R, V]`` (position P - 1 + t
-    scores response token t). The LM head runs over those R positions only, not over the prompt."""
-    return model_logits(model, ids, mask, pos, keep_last=response_len + 1)[:, :-1]
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def concat_sequences(prompt_ids, prompt_mask, response_ids, response_mask):
-    """Prompt + response as model input: (ids, mask, position ids), each ``[N, P + R]``.
-
-    Position ids count real tokens only, so left padding of the prompt does not shift them.
-    """
-    ids = torch.cat([prompt_ids, response_ids], 1)
-    mask = torch.cat([prompt_mask, response_mask], 1)
-    return ids, mask, _position_ids(mask)
-
-
-def _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size: int | None):
-    """Yield (row slice, ids ``[b, P+R]``, mask ``[b, P+R]``, position ids ``[b, P+R]``) per micro-batch."""
-    n = prompt_ids.shape[0]
-    batch_size = batch_size or n
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        yield sl, *concat_sequences(prompt_ids[sl], prompt_mask[sl], response_ids[sl], response_mask[sl])
-
-
-def response_logprobs(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    temperature: float = 1.0,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """log pi(a_t | s_t) of each response token, fp32, ``[N, R]`` (0 at padding).
-
-    Runs ``model`` on prompt+response (left-padded prompt, so position ids count real tokens) and scores
-    token t with the logits at position P - 1 + t. Gradients flow if called with grad enabled.
-    """
-    outs = []
-    for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
-        logits = response_token_logits(model, ids, mask, pos, response_ids.shape[1])
-        lp = token_logprobs(logits, response_ids[sl], temperature)
-        outs.append(lp * response_mask[sl])
-    return torch.cat(outs, 0)
-
-
-def response_values(
-    critic: Callable[..., torch.Tensor],
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Critic values V(s_t) for each response token, ``[N, R]`` (0 at padding).
-
-    ``critic(input_ids, attention_mask, position_ids) -> [N, L]`` per-position values; V(s_t) is read at
-    position P - 1 + t, the state before token t is generated.
-    """
-    p = prompt_ids.shape[1]
-    outs = []
-    for sl, ids, mask, pos in _micro_batches(prompt_ids, prompt_mask, response_ids, response_mask, batch_size):
-        values = critic(ids, mask, pos)
-        outs.append(values[:, p - 1 : -1].float() * response_mask[sl])
-    return torch.cat(outs, 0)
-
-
 def decode_completions(tokenizer, completions: Completions) -> list[str]:
     """Response texts (special tokens skipped), one per row of ``completions``."""
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(completions.response_ids, completions.response_mask,
@@ -313,6 +230,134 @@ def completion_rows(tokenizer, completions: Completions, prompts: list[str]) -> 
     texts = decode_completions(tokenizer, completions)
     return [{"prompt": prompts[g], "completion": t, "finished": f}
             for g, t, f in zip(completions.group_ids.tolist(), texts, completions.finished.tolist(), strict=True)]
+
+
+def check_prompt_columns(columns: dict[str, Sequence] | None, num_prompts: int) -> dict[str, Sequence]:
+    """Extra dataset columns for a reward function must hold one value per prompt; returns them as a dict."""
+    columns = dict(columns or {})
+    for name, values in columns.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != num_prompts:
+            got = len(values) if hasattr(values, "__len__") else type(values).__name__
+            raise ValueError(f"column {name!r} must have one value per prompt ({num_prompts}), got {got}")
+    return columns
+
+
+@dataclass
+class ScoredSamples:
+    """One generate call, decoded and (optionally) scored. N = len(rows) x n samples, prompt-major.
+
+    Attributes:
+        completions: the engine's :class:`~alignkit.generation.Completions` (N rows).
+        texts: ``[N]`` decoded responses (special tokens skipped).
+        owner: ``[N]`` index, in the caller's prompt list, of the prompt each sample answers.
+        raw_scores: ``[N]`` float32 reward-function scores, or None when no reward function was given.
+    """
+
+    completions: Completions
+    texts: list[str]
+    owner: list[int]
+    raw_scores: torch.Tensor | None = None
+
+
+def sample_and_score(
+    generator: Generator,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    sampling: SamplingParams,
+    prompts: list[str],
+    rows: list[int] | None = None,
+    reward_fn: Callable[..., list[float]] | None = None,
+    columns: dict[str, Sequence] | None = None,
+    stats: dict[str, float] | None = None,
+) -> ScoredSamples:
+    """Generate -> decode -> score: the stage the online trainers, Best-of-N and RLAIF labelling share.
+
+    Args:
+        generator: any :class:`~alignkit.generation.Generator`; it must return ``sampling.n`` samples per prompt,
+            prompt-major (checked).
+        tokenizer: decodes the responses.
+        prompt_ids: token ids of the prompts to sample for (``len(rows)`` of them).
+        sampling: sampling parameters.
+        prompts: the caller's prompt strings (all of them; ``rows`` index into them).
+        rows: which of ``prompts`` ``prompt_ids`` encode (default: all, in order).
+        reward_fn: ``(prompts, completions, **columns) -> list[float]``, validated; a bad value raises
+            :class:`~alignkit.rewards.InvalidRewardError` naming the prompt index (in ``prompts``) and the sample.
+        columns: extra per-prompt columns (one value per entry of ``prompts``), repeated per sample.
+        stats: ``time/generate_s``, ``time/decode_s``, ``time/score_s`` are added to it.
+    """
+    rows = list(range(len(prompts))) if rows is None else list(rows)
+    stats = {} if stats is None else stats
+    t = time.perf_counter()
+    comp = generator.generate(prompt_ids, sampling)
+    t = lap(stats, "time/generate_s", t)
+    m = sampling.n
+    if comp.response_ids.shape[0] != len(rows) * m:
+        raise ValueError(f"the generator returned {comp.response_ids.shape[0]} completions for {len(rows)} "
+                         f"prompts x {m} samples")
+    groups = comp.group_ids.tolist()
+    if groups != [k for k in range(len(rows)) for _ in range(m)]:
+        raise ValueError(f"the generator's completions are not grouped prompt-major ({m} samples per prompt)")
+    owner = [rows[g] for g in groups]
+    texts = decode_completions(tokenizer, comp)
+    t = lap(stats, "time/decode_s", t)
+    raw_scores = None
+    if reward_fn is not None:
+        raw_scores = _score(reward_fn, prompts, owner, texts, columns or {}, m)
+        lap(stats, "time/score_s", t)
+    return ScoredSamples(comp, texts, owner, raw_scores)
+
+
+def _score(reward_fn, prompts: list[str], owner: list[int], completions: list[str], columns: dict[str, Sequence],
+           m: int) -> torch.Tensor:
+    """Score samples (``owner[i]``: prompt index of sample i); ``[len(owner)]`` float32.
+
+    ``call_reward_fn`` names the *sample* index of a bad value within this call; re-raise naming the prompt
+    (its index in the caller's list, and which of its m samples) instead.
+    """
+    from .rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
+
+    name = reward_fn_name(reward_fn)
+    returned = []
+
+    def recorded(ps, cs, **cols):
+        values = reward_fn(ps, cs, **cols)
+        returned.append(list(values) if isinstance(values, Iterator) else values)  # a generator reads once
+        return returned[-1]
+
+    sample_columns = {k: [v[i] for i in owner] for k, v in columns.items()}
+    try:
+        return call_reward_fn(recorded, [prompts[i] for i in owner], completions, source_name=name,
+                              **sample_columns)
+    except InvalidRewardError as e:
+        if e.index is None or not returned:
+            raise
+        # the first invalid value and why (validate_rewards stopped at it in "raise" mode)
+        _, why = validate_rewards(returned[-1], len(owner), name, on_invalid="skip").problems[0]
+        p, k = owner[e.index], e.index % m
+        raise InvalidRewardError(
+            f"{name}: reward for prompt index {p} (sample {k + 1} of {m}) {why} "
+            f"(prompt: {_snippet(prompts[p])}; completion: {_snippet(completions[e.index])})",
+            name,
+            index=p,
+        ) from None
+
+
+def _snippet(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def sample_completion_rows(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
+                           seed: int) -> list[dict]:
+    """Seeded completions of ``model`` for token-id prompts, as ``{"prompt", "completion", "finished"}`` rows (the
+    report's samples of the offline trainers). New tokens are capped to stay within the model's context: a
+    sample for the report must never fail the run (no rows when there is no room)."""
+    engine = make_generator(model, tokenizer)
+    room = (getattr(engine, "max_length", None) or 1 << 30) - max(map(len, prompt_ids))
+    new_tokens = min(max_new_tokens, room)
+    if new_tokens < 1:
+        return []
+    comp = engine.generate(prompt_ids, SamplingParams(max_new_tokens=new_tokens, seed=seed))
+    return completion_rows(tokenizer, comp, [tokenizer.decode(p) for p in prompt_ids])
 
 
 @torch.no_grad()
@@ -361,32 +406,20 @@ def collect_rollout(
     Returns:
         a :class:`Rollout` with ``stats`` holding per-stage seconds and batch statistics.
     """
-    from .rewards.base import call_reward_fn
-
     stats: dict[str, float] = {}
     t = time.perf_counter()
     prompt_tokens, n_truncated = tokenize_prompts(tokenizer, prompts, max_prompt_length, prompt_truncation,
                                                   chat_template, system_prompt)
     stats["prompts_truncated"] = float(n_truncated)
-
-    t = _lap(stats, "time/tokenize_s", t)
-    comp = generator.generate(prompt_tokens, sampling)
-    t = _lap(stats, "time/generate_s", t)
-    completions = decode_completions(tokenizer, comp)
-    rows = comp.group_ids.tolist()
-    sample_prompts = [prompts[i] for i in rows]
-    sample_columns = {}
-    for name, values in (columns or {}).items():
-        if len(values) != len(prompts):
-            raise ValueError(f"column {name!r} has {len(values)} values for {len(prompts)} prompts")
-        sample_columns[name] = [values[i] for i in rows]
-    t = _lap(stats, "time/decode_s", t)
-
-    raw_scores = call_reward_fn(reward_fn, sample_prompts, completions, **sample_columns)
+    lap(stats, "time/tokenize_s", t)
+    scored = sample_and_score(generator, tokenizer, prompt_tokens, sampling, prompts, reward_fn=reward_fn,
+                              columns=check_prompt_columns(columns, len(prompts)), stats=stats)
+    comp, completions, raw_scores = scored.completions, scored.texts, scored.raw_scores
+    sample_prompts = [prompts[i] for i in scored.owner]
+    t = time.perf_counter()
     scores = raw_scores.clone()
     if missing_eos_penalty is not None:
         scores = torch.where(comp.finished.cpu(), scores, torch.full_like(scores, float(missing_eos_penalty)))
-    t = _lap(stats, "time/score_s", t)
 
     device = comp.response_ids.device
     forwards = autocast() if autocast is not None else nullcontext()
@@ -429,17 +462,17 @@ def _rollout_forwards(comp: Completions, policy, reference, critic, temperature:
                                          comp.response_mask, temperature, batch_size)
         finally:
             policy.train(was_training)
-    t = _lap(stats, "time/policy_logprobs_s", t)
+    t = lap(stats, "time/policy_logprobs_s", t)
     ref_logprobs = None
     if reference is not None:
         ref_logprobs = response_logprobs(reference, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
                                          comp.response_mask, temperature, batch_size)
-    t = _lap(stats, "time/ref_logprobs_s", t)
+    t = lap(stats, "time/ref_logprobs_s", t)
     values = None
     if critic is not None:
         values = response_values(critic, comp.prompt_ids, comp.prompt_mask, comp.response_ids,
                                  comp.response_mask, batch_size)
-    _lap(stats, "time/values_s", t)
+    lap(stats, "time/values_s", t)
     return logprobs, ref_logprobs, values
 
 
@@ -454,7 +487,8 @@ def batch_stats(response_mask: torch.Tensor, finished: torch.Tensor, scores: tor
     }
 
 
-def _lap(stats: dict[str, float], key: str, since: float) -> float:
+def lap(stats: dict[str, float], key: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``stats[key]`` (a stage's time, summed over calls); returns now."""
     now = time.perf_counter()
-    stats[key] = now - since
+    stats[key] = stats.get(key, 0.0) + now - since
     return now

@@ -4,9 +4,8 @@ import torch
 from torch import nn
 
 from alignkit.models import forward_logits, make_reference
-from alignkit.models.forward import _takes_logits_to_keep
+from alignkit.models.forward import _takes_logits_to_keep, response_logprobs
 from alignkit.models.tiny import build_tiny_llama
-from alignkit.rollout import response_logprobs
 
 
 class _NoKeep(nn.Module):

@@ -32,7 +32,7 @@ def test_greedy_equals_transformers_generate(small_llama, backend, monkeypatch):
     with torch.no_grad():
         ref = small_llama.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=24,
                                    pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
-    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, kernels=backend)
     out = gen.generate(prompts, SamplingParams(max_new_tokens=24, greedy=True))
     assert out.response_ids.shape == (5, 24)
     assert torch.equal(out.response_ids, ref)
@@ -43,13 +43,13 @@ def test_greedy_stops_at_eos_like_transformers(small_llama, backend, monkeypatch
     backend = _backend(backend, monkeypatch)
     prompts = _prompts(1, [4, 9, 6])
     ids, mask = left_pad(prompts, 0)
-    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, kernels=backend)
     free = gen.generate(prompts, SamplingParams(max_new_tokens=20, greedy=True))
     eos = int(free.response_ids[0, 5])  # make a token that row 0 emits at step 5 the EOS
     with torch.no_grad():
         ref = small_llama.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20,
                                    pad_token_id=0, eos_token_id=eos)[:, ids.shape[1]:]
-    out = KVCacheGenerator(small_llama, eos_token_id=eos, pad_token_id=0, backend=backend).generate(
+    out = KVCacheGenerator(small_llama, eos_token_id=eos, pad_token_id=0, kernels=backend).generate(
         prompts, SamplingParams(max_new_tokens=20, greedy=True))
     width = out.response_ids.shape[1]
     assert torch.equal(out.response_ids, ref[:, :width])
@@ -64,7 +64,7 @@ def test_greedy_stops_at_eos_like_transformers(small_llama, backend, monkeypatch
 def test_returned_logprobs_equal_a_separate_forward(small_llama, backend, temperature, monkeypatch):
     backend = _backend(backend, monkeypatch)
     prompts = _prompts(2, [3, 8, 5, 11])
-    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, backend=backend)
+    gen = KVCacheGenerator(small_llama, eos_token_id=2, pad_token_id=0, kernels=backend)
     out = gen.generate(prompts, SamplingParams(max_new_tokens=16, temperature=temperature, n=2, seed=3))
     full = torch.cat([out.prompt_ids, out.response_ids], 1)
     attn = torch.cat([out.prompt_mask, out.response_mask], 1)
@@ -172,7 +172,7 @@ def test_bf16_greedy_equals_transformers_generate(small_llama):
     with torch.no_grad():
         ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
                              pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
-    out = KVCacheGenerator(model, 2, 0, backend="fast").generate(prompts, SamplingParams(max_new_tokens=12,
+    out = KVCacheGenerator(model, 2, 0, kernels="fast").generate(prompts, SamplingParams(max_new_tokens=12,
                                                                                          greedy=True))
     assert torch.equal(out.response_ids, ref)
 
@@ -182,7 +182,7 @@ def _greedy_matches_transformers(model, prompts, new_tokens=10):
     with torch.no_grad():
         ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=2)[:, ids.shape[1]:]
-    out = KVCacheGenerator(model, 2, 0, backend="fast").generate(
+    out = KVCacheGenerator(model, 2, 0, kernels="fast").generate(
         prompts, SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, greedy=True))
     return torch.equal(out.response_ids, ref)
 
@@ -218,9 +218,9 @@ def test_fast_backend_samples_from_a_lora_policy():
     prompts = _prompts(6, [5, 8, 2])
     assert _greedy_matches_transformers(lora, prompts)
     greedy = SamplingParams(max_new_tokens=10, greedy=True)
-    with_adapter = KVCacheGenerator(lora, 2, 0, backend="fast").generate(prompts, greedy).response_ids
+    with_adapter = KVCacheGenerator(lora, 2, 0, kernels="fast").generate(prompts, greedy).response_ids
     with lora.disable_adapter():
-        without = KVCacheGenerator(lora, 2, 0, backend="fast").generate(prompts, greedy).response_ids
+        without = KVCacheGenerator(lora, 2, 0, kernels="fast").generate(prompts, greedy).response_ids
     assert not torch.equal(with_adapter, without)  # the adapter matters, so the first check has teeth
 
 
@@ -271,7 +271,7 @@ def test_generation_leaves_the_global_rng_alone(small_llama, monkeypatch):
     expected = torch.rand(3)
     torch.manual_seed(123)
     for backend in BACKENDS:
-        KVCacheGenerator(small_llama, 2, 0, backend=_backend(backend, monkeypatch)).generate(
+        KVCacheGenerator(small_llama, 2, 0, kernels=_backend(backend, monkeypatch)).generate(
             [[3, 4, 5], [6]], SamplingParams(max_new_tokens=4, n=2, seed=7))
     assert torch.equal(torch.rand(3), expected)
 

@@ -148,7 +148,7 @@ def test_native_decode_step_matches_the_pytorch_decode_step(kernels, dtype, monk
 
 
 def _greedy(model, prompts):
-    return KVCacheGenerator(model, 2, 0, backend="fast").generate(prompts, SamplingParams(max_new_tokens=12,
+    return KVCacheGenerator(model, 2, 0, kernels="fast").generate(prompts, SamplingParams(max_new_tokens=12,
                                                                                         greedy=True)).response_ids
 
 

@@ -266,7 +266,7 @@ def test_min_confidence_drops_weak_preferences_and_counts_them(tok, tmp_path):
     ({"samples_per_prompt": 0}, "samples_per_prompt must be an integer >= 2"),
     ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ({"temperature": 0.0}, "temperature must be a finite number > 0"),
-    ({"top_p": 1.5}, r"top_p must lie in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     ({"min_confidence": 1.0}, r"min_confidence must lie in \[0.5, 1\)"),
     ({"min_confidence": 0.3}, r"min_confidence must lie in \[0.5, 1\)"),
     ({"max_resamples": -1}, "max_resamples must be an integer >= 0"),

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from ..models.forward import position_ids_from_mask
 from .base import Completions, SamplingParams, left_pad, process_logits, sample_from_probs, sampling_uniforms
 
 __all__ = ["KVCacheGenerator", "LlamaStaticCacheBackend", "HFCacheBackend", "FAST_PATH_MODEL_TYPES"]
@@ -409,7 +410,7 @@ class LlamaStaticCacheBackend:
         self.key_mask[:, :p] = mask.bool()
         self.no_padding = bool(mask.bool().all())  # then decode attention needs no mask over filled slots
         self.length = 0
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(mask)
         self.next_pos = position_ids[:, -1] + 1
         like = self.decoder.embed_tokens.weight
         self._make_rope_table(like[:1, None], int(self.next_pos.max()) + max_new_tokens)
@@ -463,7 +464,7 @@ class HFCacheBackend:
         self.next_pos: torch.Tensor | None = None
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(mask)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
         self.past = out.past_key_values
         self.mask = mask.long()
@@ -549,7 +550,8 @@ class KVCacheGenerator:
         model: the policy (``AutoModelForCausalLM``-like). Used by reference: training updates are seen.
         eos_token_id: id (or ids) that end a sequence.
         pad_token_id: id written after a sequence has ended and used for left padding.
-        backend: ``"auto"`` (fast path when the architecture allows), ``"fast"`` or ``"hf"``.
+        kernels: ``"auto"`` (the fast Llama-family path when the architecture allows), ``"fast"`` (that path or
+            an error) or ``"hf"`` (the model's own forward with transformers' cache).
         max_length: refuse prompts longer than this (None = the model's max_position_embeddings, if any).
         weights_dtype: sample from the engine's *own copy* of the weights in this dtype (e.g. bf16 sampling
             for a policy trained in fp32); :meth:`update_weights` refreshes the copy after each update.
@@ -562,16 +564,16 @@ class KVCacheGenerator:
         model: torch.nn.Module,
         eos_token_id: int | list[int],
         pad_token_id: int,
-        backend: str = "auto",
+        kernels: str = "auto",
         max_length: int | None = None,
         weights_dtype: torch.dtype | None = None,
         own_weights: bool = False,
     ):
-        if backend not in ("auto", "fast", "hf"):
-            raise ValueError(f"backend must be 'auto', 'fast' or 'hf', got {backend!r}")
-        if backend == "fast" and not LlamaStaticCacheBackend.supports(model):
+        if kernels not in ("auto", "fast", "hf"):
+            raise ValueError(f"kernels must be 'auto', 'fast' or 'hf', got {kernels!r}")
+        if kernels == "fast" and not LlamaStaticCacheBackend.supports(model):
             raise ValueError(
-                f"the fast backend supports model types {FAST_PATH_MODEL_TYPES}; "
+                f"the fast kernels support model types {FAST_PATH_MODEL_TYPES}; "
                 f"got {getattr(model.config, 'model_type', type(model).__name__)!r}"
             )
         self.source = model
@@ -583,8 +585,8 @@ class KVCacheGenerator:
             self.model = model
         self.eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
         self.pad_token_id = int(pad_token_id)
-        self.backend_name = "fast" if backend == "fast" or (
-            backend == "auto" and LlamaStaticCacheBackend.supports(model)) else "hf"
+        self.kernels = "fast" if kernels == "fast" or (
+            kernels == "auto" and LlamaStaticCacheBackend.supports(model)) else "hf"
         self.max_length = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     def update_weights(self, model: torch.nn.Module | None = None) -> None:
@@ -614,7 +616,7 @@ class KVCacheGenerator:
                              f"{len(wanted)} tensors; was it built from another model?")
 
     def _backend(self):
-        if self.backend_name == "fast":
+        if self.kernels == "fast":
             return LlamaStaticCacheBackend(self.model)
         return HFCacheBackend(self.model)
 

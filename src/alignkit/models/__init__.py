@@ -13,7 +13,7 @@
 peft is imported only by :func:`apply_lora`; transformers is imported here.
 """
 
-from .forward import forward_logits
+from .forward import forward_logits, position_ids_from_mask
 from .heads import ScalarHeadModel, init_scalar_head, reward_head_std, seq_cls_from_causal_lm
 from .loading import (
     PAD_POLICIES,
@@ -26,7 +26,7 @@ from .loading import (
     resolve_model_path,
 )
 from .lora import apply_lora, is_peft_model
-from .padding import gather_last, last_token_index, position_ids_from_mask
+from .padding import gather_last, last_token_index
 from .reference import (
     REFERENCE_KINDS,
     AdapterDisabledReference,

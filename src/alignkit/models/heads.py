@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from .forward import position_ids_from_mask
 from .loading import _DTYPE_KWARG, _resolve_dtype, disable_dropout, load_causal_lm, load_pretrained
 from .lora import is_peft_model
-from .padding import position_ids_from_mask
 
 __all__ = ["reward_head_std", "init_scalar_head", "seq_cls_from_causal_lm", "ScalarHeadModel"]
 

@@ -1,4 +1,4 @@
-"""Padding-aware indexing: where the last real token is, and what position each token has.
+"""Padding-aware indexing: where the last real token of each row is (position ids: :mod:`.forward`).
 
 Every batch in alignkit carries an ``attention_mask`` ``[B, T]`` (1 = real token, 0 = padding) and may be
 padded on the left (prompts for generation) or on the right (training batches). Both helpers here read
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["last_token_index", "gather_last", "position_ids_from_mask"]
+__all__ = ["last_token_index", "gather_last"]
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,19 +55,3 @@ def gather_last(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
         )
     idx = last_token_index(attention_mask).to(values.device)
     return values[torch.arange(values.shape[0], device=values.device), idx]
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real tokens only: ``pos_{b,t} = (sum_{s<=t} mask_{b,s}) - 1``, clamped at 0.
-
-    With these, a left-padded row gets the same positions (0, 1, 2, ...) for its real tokens as the
-    unpadded sequence, so its outputs do not depend on how much padding precedes it (models with
-    absolute position embeddings need this; rotary ones would otherwise only drift by float error).
-    The generation engine uses the same convention. Padding positions get 0 (their outputs are unused).
-
-    Args:
-        attention_mask: ``[B, T]``.
-    Returns:
-        ``[B, T]`` long tensor.
-    """
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from ..core.logprobs import token_logprobs
-from .forward import forward_logits
+from .forward import forward_logits, position_ids_from_mask
 from .loading import disable_dropout
 from .lora import is_peft_model
-from .padding import position_ids_from_mask
 
 __all__ = ["ReferenceModel", "FrozenReference", "AdapterDisabledReference", "make_reference", "REFERENCE_KINDS"]
 
@@ -54,7 +53,7 @@ class ReferenceModel(ABC):
     ) -> torch.Tensor:
         """Reference logits ``[B, T, V]`` (no gradient); ``[B, keep_last, V]`` for the last positions only when
         ``keep_last`` > 0 (see :func:`~alignkit.models.forward.forward_logits`). ``position_ids`` default to
-        real-token counts (:func:`~alignkit.models.padding.position_ids_from_mask`), as in the generation engine."""
+        real-token counts (:func:`~alignkit.models.forward.position_ids_from_mask`), as in the generation engine."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         return self._logits(input_ids, attention_mask, position_ids, keep_last)

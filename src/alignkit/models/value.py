@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from .forward import position_ids_from_mask
 from .heads import ScalarHeadModel, init_scalar_head
 from .loading import disable_dropout, load_causal_lm
-from .padding import position_ids_from_mask
 from .reward import NORMALIZATION_KEY, RewardModel
 
 __all__ = ["ValueModel", "PolicyWithValueHead", "PolicyValueOutput", "VALUE_HEAD_FILE"]

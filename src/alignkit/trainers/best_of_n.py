@@ -34,16 +34,15 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..generation.base import Generator, SamplingParams
-from ..rewards.base import InvalidRewardError, call_reward_fn, reward_fn_name, validate_rewards
-from ..rollout import decode_completions, tokenize_prompts
+from ..generation.base import Generator
+from ..rollout import check_prompt_columns, lap, sample_and_score, tokenize_prompts
 from ..training.config import SamplingConfig, SeedConfig, check_options, option
 from ..training.distributed import gather_objects, process_share
 
@@ -95,22 +94,13 @@ class BestOfNConfig(SeedConfig, SamplingConfig):
         if self.max_prompt_length < 0:
             raise ValueError(f"max_prompt_length must be >= 0 (0 = no limit), got {self.max_prompt_length}")
         check_options(self)  # prompt_truncation, chat_template
-        self.sampling_params(0)  # SamplingParams validates max/min_new_tokens, temperature, top_k, top_p
+        self.sampling_params(self.samples_per_prompt)  # validates max/min_new_tokens, temperature, top_k, top_p
 
     @property
     def samples_per_prompt(self) -> int:
         """n, plus the independent sample when the win rate is measured."""
         return self.n + int(self.measure_win_rate)
 
-    def sampling_params(self, first_prompt_index: int) -> SamplingParams:
-        """The sampling parameters of a generate call whose first prompt has this global index (its rows' noise
-        is keyed by (seed, global prompt index, sample index): calls never share noise)."""
-        return SamplingParams(
-            **self.sampling_kwargs(),
-            n=self.samples_per_prompt,
-            seed=self.seed,
-            first_prompt_index=first_prompt_index,
-        )
 
 
 @dataclass
@@ -254,41 +244,27 @@ def best_of_n(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
-    columns = dict(columns or {})
-    for name, values in columns.items():
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != len(prompts):
-            got = len(values) if hasattr(values, "__len__") else type(values).__name__
-            raise ValueError(f"column {name!r} must have one value per prompt ({len(prompts)}), got {got}")
+    columns = check_prompt_columns(columns, len(prompts))
     n, m = config.n, config.samples_per_prompt
-    name = reward_fn_name(reward_fn)
     stats = {"time/tokenize_s": 0.0, "time/generate_s": 0.0, "time/decode_s": 0.0, "time/score_s": 0.0}
 
     t = time.perf_counter()
     prompt_ids, n_truncated = tokenize_prompts(tokenizer, prompts, **config.prompt_kwargs())
     stats["prompts_truncated"] = float(n_truncated)
-    t = _lap(stats, "time/tokenize_s", t)
+    lap(stats, "time/tokenize_s", t)
 
     mine = process_share(len(prompts), rank, world_size)
     texts: list[list[str]] = []  # [P][m]
     scores, finished = [], []  # [b, m] per batch
     for start in range(mine.start, mine.stop, config.batch_size):
         rows = list(range(start, min(start + config.batch_size, mine.stop)))
-        comp = generator.generate([prompt_ids[i] for i in rows], config.sampling_params(start))
-        t = _lap(stats, "time/generate_s", t)
-        if comp.response_ids.shape[0] != len(rows) * m:
-            raise ValueError(f"the generator returned {comp.response_ids.shape[0]} completions for {len(rows)} "
-                             f"prompts x {m} samples")
-        decoded = decode_completions(tokenizer, comp)
-        # Completions are prompt-major (prompt 0's m samples first); group_ids say which prompt each answers
-        owner = [rows[g] for g in comp.group_ids.tolist()]
-        if owner != [i for i in rows for _ in range(m)]:
-            raise ValueError("the generator's completions are not grouped prompt-major (m samples per prompt)")
-        texts.extend(decoded[k * m : (k + 1) * m] for k in range(len(rows)))
-        t = _lap(stats, "time/decode_s", t)
-        batch_scores = _score(reward_fn, name, prompts, owner, decoded, columns, m)
-        scores.append(batch_scores.view(len(rows), m))
-        finished.append(comp.finished.cpu().bool().view(len(rows), m))
-        t = _lap(stats, "time/score_s", t)
+        sampling = config.sampling_params(m, seed=config.seed, first_prompt_index=start)
+        batch = sample_and_score(generator, tokenizer, [prompt_ids[i] for i in rows], sampling, prompts, rows=rows,
+                                 reward_fn=reward_fn, columns=columns, stats=stats)
+        texts.extend(batch.texts[k * m : (k + 1) * m] for k in range(len(rows)))
+        scores.append(batch.raw_scores.view(len(rows), m))
+        finished.append(batch.completions.finished.cpu().bool().view(len(rows), m))
+    t = time.perf_counter()
 
     all_scores_m = torch.cat(scores) if scores else torch.zeros(0, m)  # [P (this share), m]
     finished_m = torch.cat(finished) if finished else torch.zeros(0, m, dtype=torch.bool)
@@ -315,49 +291,7 @@ def best_of_n(
         single_scores=all_scores_m[:, n].clone() if config.measure_win_rate else None,
         stats=stats,
     )
-    _lap(stats, "time/select_s", t)
+    lap(stats, "time/select_s", t)
     if config.output_path and rank == 0:
         result.write_jsonl(config.output_path)
     return result
-
-
-def _score(reward_fn, name: str, prompts: list[str], owner: list[int], completions: list[str],
-           columns: dict[str, Sequence], m: int) -> torch.Tensor:
-    """Score one batch's samples (``owner[i]``: prompt index of sample i); ``[len(owner)]`` float32.
-
-    ``call_reward_fn`` names the *sample* index of a bad value within this call; re-raise naming the prompt
-    (its index in the caller's list, and which of its m samples) instead.
-    """
-    returned = []
-
-    def recorded(ps, cs, **cols):
-        values = reward_fn(ps, cs, **cols)
-        returned.append(list(values) if isinstance(values, Iterator) else values)  # a generator reads once
-        return returned[-1]
-
-    sample_columns = {k: [v[i] for i in owner] for k, v in columns.items()}
-    try:
-        return call_reward_fn(recorded, [prompts[i] for i in owner], completions, source_name=name,
-                              **sample_columns)
-    except InvalidRewardError as e:
-        if e.index is None:
-            raise
-        # the first invalid value and why (validate_rewards stopped at it in "raise" mode)
-        _, why = validate_rewards(returned[-1], len(owner), name, on_invalid="skip").problems[0]
-        p, k = owner[e.index], e.index % m
-        raise InvalidRewardError(
-            f"{name}: reward for prompt index {p} (sample {k + 1} of {m}) {why} "
-            f"(prompt: {_snippet(prompts[p])}; completion: {_snippet(completions[e.index])})",
-            name,
-            index=p,
-        ) from None
-
-
-def _snippet(text: str, width: int = 60) -> str:
-    return repr(text if len(text) <= width else text[: width - 3] + "...")
-
-
-def _lap(stats: dict[str, float], key: str, since: float) -> float:
-    now = time.perf_counter()
-    stats[key] = stats.get(key, 0.0) + now - since
-    return now

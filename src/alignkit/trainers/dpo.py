@@ -26,9 +26,11 @@ import torch
 
 from ..core.logprobs import token_logprobs
 from ..core.preference import DPO_LOSS_TYPES, TOKEN_MEAN_LOSS_TYPES, dpo_loss
-from ..rollout import model_logits
+from ..models.forward import model_logits
+from ..rollout import sample_completion_rows
 from ..training import TrainConfig, Trainer, option
 from ..training.config import TokenizeConfig
+from ..training.loop import pad_token_id_of
 
 
 @dataclass
@@ -56,15 +58,15 @@ def sequence_logprobs(model_or_logits_fn, input_ids, attention_mask, loss_mask) 
 class DPOTrainer(Trainer):
     """Trains a causal LM on ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` pairs."""
 
+    report_sampler = staticmethod(sample_completion_rows)
+
     name = "dpo"
 
     def __init__(self, config: DPOConfig, model, train_examples, eval_examples=None, tokenizer=None,
                  pad_token_id: int | None = None, reference=None):
         from ..data import PreferenceCollator
 
-        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            raise ValueError("DPOTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        pad = pad_token_id_of(pad_token_id, tokenizer, "DPOTrainer")
         with_margin = sum("margin" in ex for ex in (*train_examples, *(eval_examples or [])))
         if with_margin:
             raise ValueError(f"{with_margin} preference rows have a 'margin' column, which DPO has no term for (it "

@@ -51,9 +51,10 @@ import torch
 from ..core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController
 from ..core.logprobs import entropy_from_logits, token_logprobs
 from ..core.masked import LOSS_AGGREGATION_MODES, masked_mean
-from ..generation import KVCacheGenerator, SamplingParams
+from ..generation import SamplingParams, make_generator
+from ..models.forward import response_token_logits
 from ..rewards.base import InvalidRewardError
-from ..rollout import Rollout, collect_rollout, response_token_logits
+from ..rollout import Rollout, check_prompt_columns, collect_rollout
 from ..training.batching import EpochBatcher
 from ..training.config import RunConfig, SamplingConfig, option, with_defaults
 from ..training.distributed import gather_objects, process_share
@@ -123,12 +124,7 @@ class OnlineConfig(RunConfig, SamplingConfig):
                 f"each micro-batch holds {micro} sequences (rollout {self.rollout_size} / (num_minibatches "
                 f"{self.num_minibatches} x grad_accum_steps {self.grad_accum_steps})), which does not split over "
                 f"{world_size} processes: a process's share would be uneven or empty")
-        self.sampling_params()
-
-    def sampling_params(self, seed: int | None = None, first_prompt_index: int = 0) -> SamplingParams:
-        """These settings as :class:`SamplingParams` (which validates them)."""
-        return SamplingParams(**self.sampling_kwargs(), n=self.samples_per_prompt, seed=seed,
-                              first_prompt_index=first_prompt_index)
+        self.sampling_params(self.samples_per_prompt)
 
 
 def response_logits(policy, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
@@ -193,10 +189,7 @@ class OnlineTrainer(TrainingLoop):
         if not prompts:
             raise ValueError("no training prompts given")
         self.prompts = list(prompts)
-        self.columns = {k: list(v) for k, v in (columns or {}).items()}
-        for name, values in self.columns.items():
-            if len(values) != len(self.prompts):
-                raise ValueError(f"column {name!r} has {len(values)} values for {len(self.prompts)} prompts")
+        self.columns = {k: list(v) for k, v in check_prompt_columns(columns, len(self.prompts)).items()}
         self.reward_fn = reward_fn
         self.sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
         policy = policy.to(self.accelerator.device)
@@ -205,9 +198,9 @@ class OnlineTrainer(TrainingLoop):
         self.reference = reference
         if self.reference is None and config.uses_reference:
             self.reference = make_reference(self.policy)
-        self.generator = generator or KVCacheGenerator(
-            self.policy, tokenizer.eos_token_id, tokenizer.pad_token_id,
-            weights_dtype=torch.bfloat16 if config.mixed_precision == "bf16" else None, own_weights=self.sharded)
+        self.generator = generator or make_generator(
+            self.policy, tokenizer, weights_dtype=torch.bfloat16 if config.mixed_precision == "bf16" else None,
+            own_weights=self.sharded)
         trained = self.trained_module()
         self.trains_policy_alone = trained is self.policy  # else a wrapper around it (PPO's shared trunk)
         optimizer = build_optimizer(trained, config.learning_rate, config.weight_decay,
@@ -414,7 +407,9 @@ class OnlineTrainer(TrainingLoop):
     # ------------------------------------------------------------------------------------ rollout
     def sampling(self, first_prompt_index: int = 0) -> SamplingParams:
         """This step's sampling parameters (noise keyed by (seed, step) and the global prompt index)."""
-        return self.config.sampling_params(self.config.seed * 1_000_003 + self.step, first_prompt_index)
+        cfg = self.config
+        return cfg.sampling_params(cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + self.step,
+                                   first_prompt_index=first_prompt_index)
 
     @contextmanager
     def gathered_policy(self):

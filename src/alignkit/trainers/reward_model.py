@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..core.preference import bradley_terry_loss
 from ..training import TrainConfig, Trainer, option
 from ..training.config import TokenizeConfig
+from ..training.loop import pad_token_id_of
 
 
 @dataclass
@@ -39,9 +40,7 @@ class RewardTrainer(Trainer):
                  pad_token_id: int | None = None):
         from ..data import PreferenceCollator
 
-        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            raise ValueError("RewardTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        pad = pad_token_id_of(pad_token_id, tokenizer, "RewardTrainer")
         self._collator = PreferenceCollator(pad)
         super().__init__(config, model, train_examples, eval_examples, tokenizer)
 

@@ -30,7 +30,7 @@ either to ``alignkit.rollout.collect_rollout`` or an online trainer as its rewar
 
 Usage::
 
-    labels = label_pairs_with_judge(prompts, tokenizer, KVCacheGenerator(policy, eos, pad), judge,
+    labels = label_pairs_with_judge(prompts, tokenizer, make_generator(policy, tokenizer), judge,
                                     RLAIFConfig(max_new_tokens=128))
     print(labels.counts)                       # pairs kept, dropped by reason, redraws, mean confidence
     labels.write_jsonl("ai_labels.jsonl")      # the preference dataset, reusable by any trainer
@@ -41,17 +41,16 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..generation.base import Completions, Generator, SamplingParams, row_stream_seed
-from ..rollout import tokenize_prompts
+from ..generation.base import Generator, row_stream_seed
+from ..rewards.judge import PairJudge
+from ..rollout import sample_and_score, tokenize_prompts
 from ..training import TrainConfig, option
 from ..training.config import SamplingConfig, SeedConfig, check_options
 from ..training.distributed import gather_objects, process_share
@@ -62,7 +61,6 @@ __all__ = [
     "DROP_REASONS",
     "METHODS",
     "AILabels",
-    "PairJudge",
     "RLAIFConfig",
     "label_pairs_with_judge",
     "train_on_ai_labels",
@@ -72,16 +70,6 @@ DROP_REASONS = ("identical", "empty", "low_confidence")
 """Why a pair is not in :attr:`AILabels.rows`; each has its count in :attr:`AILabels.counts`."""
 
 METHODS = ("reward", "dpo")
-
-
-@runtime_checkable
-class PairJudge(Protocol):
-    """Anything that compares two responses: ``prefer(prompts, a, b) -> [N]`` P(a is better than b).
-
-    :class:`alignkit.rewards.LocalLMJudge` and :class:`alignkit.rewards.HTTPChatJudge` are ones.
-    """
-
-    def prefer(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]): ...
 
 
 @dataclass
@@ -112,18 +100,13 @@ class RLAIFConfig(SeedConfig, SamplingConfig):
             raise ValueError(f"samples_per_prompt must be even (samples are paired), got {self.samples_per_prompt}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
         if not (isinstance(self.min_confidence, (int, float)) and 0.5 <= self.min_confidence < 1.0):
             raise ValueError(
                 f"min_confidence must lie in [0.5, 1) (the judge's probability of the preferred response; 0.5 keeps "
                 f"every pair but exact ties), got {self.min_confidence!r}"
             )
         check_options(self)  # prompt_truncation, chat_template
-        SamplingParams(**self.sampling_kwargs(), n=2)  # min_new_tokens <= max_new_tokens, top_k >= 0, ...
+        self.sampling_params(2)  # min_new_tokens <= max_new_tokens, top_k >= 0, ...
 
     @property
     def pairs_per_prompt(self) -> int:
@@ -201,16 +184,6 @@ class AILabels:
 
 
 # ------------------------------------------------------------------------------------------------ labelling
-def _decode_pairs(tokenizer, comp: Completions) -> list[tuple[str, str]]:
-    """The n=2 completions of each prompt as (a, b) texts, special tokens skipped."""
-    rows = [ids[mask.bool()].tolist() for ids, mask in zip(comp.response_ids, comp.response_mask, strict=True)]
-    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
-    groups = comp.group_ids.tolist()
-    if len(texts) % 2 or any(groups[2 * i] != i or groups[2 * i + 1] != i for i in range(len(texts) // 2)):
-        raise ValueError(f"the generator must return 2 samples per prompt, prompt-major; got group ids {groups}")
-    return [(texts[2 * i], texts[2 * i + 1]) for i in range(len(texts) // 2)]
-
-
 def _unusable(tokenizer, a: str, b: str) -> str | None:
     """Why the pair (a, b) can carry no preference, or None."""
     if not a.strip() or not b.strip():
@@ -274,7 +247,7 @@ def label_pairs_with_judge(
     mine = process_share(len(slots), rank, world_size)
     pairs: dict[int, tuple[str, str]] = {}  # slot -> its latest draw
     reasons: dict[int, str | None] = {}
-    stats = {"time/generate_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
+    stats = {"time/generate_s": 0.0, "time/decode_s": 0.0, "time/judge_s": 0.0, "sequences": 0.0, "sequences_cut": 0.0}
     resampled = 0
 
     # 1-2. sample; redraw the pairs that carry no preference
@@ -283,21 +256,16 @@ def label_pairs_with_judge(
         if not pending:
             break
         resampled += len(pending) if draw else 0
-        t = time.perf_counter()
         for start in range(0, len(pending), config.generation_batch_size):
             chunk = pending[start : start + config.generation_batch_size]
-            sampling = SamplingParams(**config.sampling_kwargs(), n=2, seed=row_stream_seed(config.seed, draw, 0),
-                                      prompt_keys=tuple(chunk))
-            comp = generator.generate([token_ids[slots[s]] for s in chunk], sampling)
-            stats["sequences"] += len(comp.finished)
-            stats["sequences_cut"] += float((~comp.finished.bool()).sum())
-            drawn = _decode_pairs(tokenizer, comp)
-            if len(drawn) != len(chunk):
-                raise ValueError(f"the generator returned {len(drawn)} pairs for {len(chunk)} prompts")
-            for s, (a, b) in zip(chunk, drawn, strict=True):
-                pairs[s] = (a, b)
+            sampling = config.sampling_params(2, seed=row_stream_seed(config.seed, draw, 0), prompt_keys=tuple(chunk))
+            drawn = sample_and_score(generator, tokenizer, [token_ids[slots[s]] for s in chunk], sampling, prompts,
+                                     rows=[slots[s] for s in chunk], stats=stats)
+            stats["sequences"] += len(drawn.completions.finished)
+            stats["sequences_cut"] += float((~drawn.completions.finished.bool()).sum())
+            for k, s in enumerate(chunk):  # prompt-major: the pair of chunk[k] is texts[2k], texts[2k + 1]
+                pairs[s] = a, b = drawn.texts[2 * k], drawn.texts[2 * k + 1]
                 reasons[s] = _unusable(tokenizer, a, b)
-        stats["time/generate_s"] += time.perf_counter() - t
         pending = [s for s in pending if reasons[s] is not None]
 
     # 3. label the usable pairs

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.logprobs import token_logprobs
+from ..rollout import sample_completion_rows
 from ..training import TrainConfig, Trainer, option
 from ..training.config import TokenizeConfig
+from ..training.loop import pad_token_id_of
 
 IGNORE = -100
 
@@ -32,15 +34,15 @@ class SFTConfig(TrainConfig, TokenizeConfig):
 class SFTTrainer(Trainer):
     """Token-level cross-entropy on the completion. Examples: ``{"input_ids": [...], "labels": [...]}``."""
 
+    report_sampler = staticmethod(sample_completion_rows)
+
     name = "sft"
 
     def __init__(self, config: SFTConfig, model, train_examples, eval_examples=None, tokenizer=None,
                  pad_token_id: int | None = None):
         from ..data import SFTCollator, pack_sft
 
-        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            raise ValueError("SFTTrainer needs a pad token id (from the tokenizer or pad_token_id=)")
+        pad = pad_token_id_of(pad_token_id, tokenizer, "SFTTrainer")
         self._collator = SFTCollator(pad)
         self._sample_source = eval_examples or train_examples  # before packing: whole prompts
         if config.packing:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -111,6 +112,14 @@ def autocast_context(config: RunConfig, device: torch.device):
 # (The number of steps may change: the schedule is recomputed over the new length from the current step.)
 RESUME_FIXED = ("learning_rate", "critic_learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "adam_beta1",
                 "adam_beta2", "adam_eps")
+
+
+def pad_token_id_of(pad_token_id: int | None, tokenizer, trainer: str) -> int:
+    """The pad id a trainer's collator pads with: ``pad_token_id`` if given, else the tokenizer's."""
+    pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        raise ValueError(f"{trainer} needs a pad token id (from the tokenizer or pad_token_id=)")
+    return pad
 
 
 class TrainingLoop(ABC):
@@ -424,27 +433,24 @@ class Trainer(TrainingLoop):
         """Prompts (token ids) to sample the report's completions from; default none."""
         return []
 
+    #: ``(model, tokenizer, prompt_ids, max_new_tokens, seed) -> [{"prompt", "completion", "finished"}]``: how
+    #: the report's completions are sampled (trainers that sample set it, e.g. to
+    #: :func:`alignkit.rollout.sample_completion_rows`); ``training/`` itself never builds an engine.
+    report_sampler: Callable[..., list[dict]] | None = None
+
     def sample_rows(self) -> list[dict]:
         """Rows for ``samples.jsonl`` at the end of training (main process only).
 
-        Default: ``num_samples`` completions sampled (seeded) from the trained model for the prompts of
-        :meth:`sample_prompt_ids`. Sharded models (FSDP, DeepSpeed) are not gathered for this: no samples.
+        Default: ``num_samples`` completions sampled (seeded) by :attr:`report_sampler` from the trained model
+        for the prompts of :meth:`sample_prompt_ids`. Sharded models (FSDP, DeepSpeed) are not gathered for
+        this: no samples.
         """
         prompts = self.sample_prompt_ids()[: self.config.num_samples]
-        if not prompts or self.tokenizer is None or self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        if (not prompts or self.report_sampler is None or self.tokenizer is None
+                or self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")):
             return []
-        from ..generation import KVCacheGenerator, SamplingParams
-        from ..rollout import completion_rows
-
-        tok = self.tokenizer
-        engine = KVCacheGenerator(self.accelerator.unwrap_model(self.model), tok.eos_token_id, tok.pad_token_id)
-        # stay within the model's context: a sample for the report must never fail the run
-        room = (engine.max_length or 1 << 30) - max(map(len, prompts))
-        new_tokens = min(self.config.sample_max_new_tokens, room)
-        if new_tokens < 1:
-            return []
-        comp = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, seed=self.config.seed))
-        return completion_rows(tok, comp, [tok.decode(p) for p in prompts])
+        return type(self).report_sampler(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts,
+                                         self.config.sample_max_new_tokens, self.config.seed)
 
     def write_report(self) -> None:
         """Sample completions, then ``report.html`` with plots (main process; see training/report.py)."""
