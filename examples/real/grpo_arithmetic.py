@@ -68,7 +68,7 @@ def run_seed(seed: int, args, base: str) -> dict:
     settings = [
         f"model={base}", f"prompts_file={prompts_file}", f"output_dir={out}", f"seed={seed}",
         "reward_fn=arithmetic_reward:reward", "baseline=grpo", f"samples_per_prompt={args.group}",
-        f"prompts_per_step={args.prompts}", f"num_steps={args.steps}", f"max_new_tokens={MAX_NEW_TOKENS}",
+        f"prompts_per_step={args.prompts}", f"max_steps={args.steps}", f"max_new_tokens={MAX_NEW_TOKENS}",
         "chat_template=on", f"system_prompt={SYSTEM_PROMPT}", "lora=true", "lora_r=16", "lora_alpha=32",
         f"learning_rate={args.learning_rate}", "kl_coef=0.0", "mixed_precision=bf16", "num_samples=4",
         "progress=false", "tensorboard=false", "overwrite=true",

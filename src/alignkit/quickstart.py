@@ -173,7 +173,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     ppo = {}
     for name, beta in (("PPO", cfg.kl_coef), ("PPO, no KL", 0.0)):
         ppo[name] = copy.deepcopy(sft_policy)
-        PPOTrainer(PPOConfig(output_dir=str(out / ("ppo" if beta else "ppo_no_kl")), num_steps=cfg.ppo_steps,
+        PPOTrainer(PPOConfig(output_dir=str(out / ("ppo" if beta else "ppo_no_kl")), max_steps=cfg.ppo_steps,
                              prompts_per_step=16, samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens,
                              learning_rate=3e-3, kl_coef=beta, update_epochs=2, num_minibatches=2, **common),
                    ppo[name], tok, train_prompts, scorer, reference=make_reference(sft_policy)).train()

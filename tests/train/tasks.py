@@ -70,7 +70,7 @@ class GoodWordJudge:
 
 def online_config(cls, output_dir, **overrides):
     """The online learning tests' config: 30 steps of 8 prompts x 4 samples of 4 tokens, lr 1e-2, no KL."""
-    base = dict(output_dir=str(output_dir), num_steps=30, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=4,
+    base = dict(output_dir=str(output_dir), max_steps=30, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=4,
                 learning_rate=1e-2, kl_coef=0.0, kl_penalty="none", progress=False, tensorboard=False)
     return cls(**{**base, **overrides})
 

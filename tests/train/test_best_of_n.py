@@ -213,3 +213,15 @@ def test_bad_inputs_error(tok, generator):
     with pytest.raises(ValueError, match="prompt 1 has 3 tokens"):
         best_of_n(["w1", "w1 w2 w3"], tok, generator, hash_reward,
                   BestOfNConfig(n=2, max_prompt_length=2, prompt_truncation="error"))
+
+
+def test_sampling_and_scoring_show_progress_unless_asked_not_to(tok, generator, capsys):
+    """Best-of-N's generation and scoring is the long phase: a progress bar over its batches (off with
+    progress=False), and the same result either way."""
+    prompts = _prompts(6)
+    shown = best_of_n(prompts, tok, generator, hash_reward, BestOfNConfig(n=2, batch_size=2, max_new_tokens=4))
+    assert "best-of-2: sample and score 6 prompts" in capsys.readouterr().err
+    quiet = best_of_n(prompts, tok, generator, hash_reward, BestOfNConfig(n=2, batch_size=2, max_new_tokens=4,
+                                                                         progress=False))
+    assert "best-of-2" not in capsys.readouterr().err
+    assert quiet.completions == shown.completions and torch.equal(quiet.scores, shown.scores)

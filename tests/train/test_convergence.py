@@ -60,10 +60,10 @@ def test_online_methods_converge_to_the_kl_regularised_optimum(tok, tmp_path, me
                   learning_rate=3e-3, kl_coef=BETA, kl_penalty="reward", kl_estimator="k1", progress=False,
                   tensorboard=False)
     if method == "rloo":
-        trainer = ReinforceTrainer(ReinforceConfig(num_steps=150, baseline="loo", **common), model, tok,
+        trainer = ReinforceTrainer(ReinforceConfig(max_steps=150, baseline="loo", **common), model, tok,
                                    [PROMPT] * 4, reward)
     else:  # one token: GAE(lam=1) = r - V; no whitening, so the stationary point is exactly pi*
-        trainer = PPOTrainer(PPOConfig(num_steps=100, update_epochs=2, num_minibatches=2, lam=1.0,
+        trainer = PPOTrainer(PPOConfig(max_steps=100, update_epochs=2, num_minibatches=2, lam=1.0,
                                        whiten_advantages=False, **common), model, tok, [PROMPT] * 4, reward)
     trainer.train()
     start, end = _tv(ref, target), _tv(_next_token_dist(model, tok), target)

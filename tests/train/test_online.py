@@ -86,13 +86,13 @@ def test_nan_rewards_stop_before_any_checkpoint_or_are_skipped_and_counted(tok, 
         calls["n"] += 1
         return [float("nan") if calls["n"] == 2 else 0.0] + [0.0] * (len(completions) - 1)
 
-    cfg = _cfg(ReinforceConfig, tmp_path / "raise", num_steps=3, save_steps=1)
+    cfg = _cfg(ReinforceConfig, tmp_path / "raise", max_steps=3, save_steps=1)
     with pytest.raises(InvalidRewardError, match="index 0"):
         ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, flaky).train()
     ckpts = sorted(p.name for p in (tmp_path / "raise" / "checkpoints").iterdir())
     assert ckpts == ["step-00000001"]  # the bad step 2 wrote nothing
     calls["n"] = 0
-    cfg = _cfg(ReinforceConfig, tmp_path / "skip", num_steps=3, on_nonfinite="skip")
+    cfg = _cfg(ReinforceConfig, tmp_path / "skip", max_steps=3, on_nonfinite="skip")
     history = ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, flaky).train()
     assert history[-1]["skipped_updates"] == 1.0 and len(history) == 2
 
@@ -105,7 +105,7 @@ def test_huge_finite_rewards_are_named_when_the_advantages_overflow(tok, prompts
     def huge(prompts, completions, **_):
         return [3e38 if i % 4 < 2 else -3e38 for i in range(len(completions))]
 
-    cfg = _cfg(ReinforceConfig, tmp_path, num_steps=2, baseline="batch", save_steps=1)
+    cfg = _cfg(ReinforceConfig, tmp_path, max_steps=2, baseline="batch", save_steps=1)
     with pytest.raises(NonFiniteLossError, match=r"step 1: advantages.* not finite .*scores from -3e\+38 to 3e\+38"):
         ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, huge).train()
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
@@ -120,7 +120,7 @@ def test_a_nan_weight_left_by_an_update_is_blamed_not_the_rewards(tok, prompts, 
                 with torch.no_grad():
                     self.policy.get_output_embeddings().weight[2, 3] = float("nan")
 
-    cfg = _cfg(ReinforceConfig, tmp_path, num_steps=3)
+    cfg = _cfg(ReinforceConfig, tmp_path, max_steps=3)
     with pytest.raises(NonFiniteLossError, match=r"step 2: reinforce loss is nan; parameter lm_head.weight is already "
                                                  r"not finite, so an earlier update \(not this step's data or rewards"):
         PoisonedUpdate(cfg, tasks.model(tok), tok, prompts, contains("good")).train()
@@ -130,13 +130,13 @@ def test_an_online_trainer_on_cpu_flushes_denormal_floats(tok, prompts, tmp_path
     torch.set_flush_denormal(False)
     tiny = torch.tensor([1e-40])
     assert float(tiny * 1.0) != 0.0  # a denormal survives arithmetic by default
-    ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, num_steps=1), tasks.model(tok), tok, prompts, contains("good"))
+    ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, max_steps=1), tasks.model(tok), tok, prompts, contains("good"))
     assert float(tiny * 1.0) == 0.0  # flushed: no 10x slow path in the update
 
 
 def test_resume_continues_with_the_same_losses_and_kl_controller(tok, prompts, tmp_path):
     def run(out, stop_after=None, resume=""):
-        cfg = _cfg(PPOConfig, out, num_steps=4, kl_penalty="reward", kl_coef=0.1, adaptive_kl=True, kl_target=0.5,
+        cfg = _cfg(PPOConfig, out, max_steps=4, kl_penalty="reward", kl_coef=0.1, adaptive_kl=True, kl_target=0.5,
                    kl_horizon=100, save_steps=2, resume_from=resume, update_epochs=2, num_minibatches=2)
         torch.manual_seed(123)  # a fresh process would start from the same global state
         return PPOTrainer(cfg, tasks.model(tok), tok, prompts, contains("good")).train(stop_after=stop_after)
@@ -163,7 +163,7 @@ def test_trpo_learns_and_every_accepted_step_respects_the_trust_region(tok, prom
     assert h[0]["score"] < 0.35 and _mean(h, "score") > 0.7, [round(x["score"], 2) for x in h]
     # a tight radius: accepted steps stay inside it and still use a real share of it (measured KL ~0.0009
     # for delta 0.002: damping makes the quadratic model conservative)
-    tight = TRPOTrainer(_cfg(TRPOConfig, tmp_path / "b", num_steps=8, max_kl=0.002, update_epochs=1),
+    tight = TRPOTrainer(_cfg(TRPOConfig, tmp_path / "b", max_steps=8, max_kl=0.002, update_epochs=1),
                         tasks.model(tok), tok, prompts, contains("good")).train()
     for run, delta in ((h, 0.05), (tight, 0.002)):
         accepted = [x for x in run if x["trpo/accepted"] == 1.0]
@@ -177,7 +177,7 @@ def test_fused_on_policy_forward_matches_a_separate_log_prob_pass(tok, prompts, 
     # run must match the one with a separate no-grad log-prob pass (same KL, advantages, losses, weights)
     def run(out, fused):
         monkeypatch.setattr(ReinforceTrainer, "fuses_policy_forward", lambda self: fused)
-        cfg = _cfg(ReinforceConfig, out, num_steps=3, kl_penalty=kl_penalty, kl_coef=0.1, kl_estimator="k3",
+        cfg = _cfg(ReinforceConfig, out, max_steps=3, kl_penalty=kl_penalty, kl_coef=0.1, kl_estimator="k3",
                    temperature=0.7, entropy_coef=entropy_coef)
         torch.manual_seed(0)
         trainer = ReinforceTrainer(cfg, tasks.model(tok), tok, prompts, contains("good"))

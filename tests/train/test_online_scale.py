@@ -124,19 +124,19 @@ _mean = tasks.mean_of_last
 
 
 def test_no_reference_is_built_or_run_when_the_kl_penalty_is_off(tok, prompts, tmp_path):
-    off = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path / "a", num_steps=1, kl_penalty="reward", kl_coef=0.0),
+    off = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path / "a", max_steps=1, kl_penalty="reward", kl_coef=0.0),
                            tasks.model(tok), tok, prompts, contains("good"))
     assert off.reference is None
     h = off.train()
     assert "kl" not in h[0] and "non_score_reward" not in h[0]
-    on = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path / "b", num_steps=1, kl_penalty="reward", kl_coef=0.0,
+    on = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path / "b", max_steps=1, kl_penalty="reward", kl_coef=0.0,
                                adaptive_kl=True), tasks.model(tok), tok, prompts, contains("good"))
     assert on.reference is not None  # an adaptive controller can raise beta from 0
 
 
 @pytest.mark.parametrize("estimator, penalty", [("k1", "reward"), ("k3", "reward"), ("k2", "loss")])
 def test_logged_non_score_reward_is_the_kl_part_of_the_rewards_used(tok, prompts, tmp_path, estimator, penalty):
-    trainer = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, num_steps=2, kl_penalty=penalty, kl_coef=0.3,
+    trainer = ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, max_steps=2, kl_penalty=penalty, kl_coef=0.3,
                                     kl_estimator=estimator, temperature=0.8), tasks.model(tok), tok, prompts,
                                contains("good"))
     h = trainer.train()
@@ -161,11 +161,11 @@ def test_lora_online_trainers_train_adapters_and_their_reference_is_the_base_mod
     base = tasks.model(tok)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     if method == "ppo":
-        cfg = _cfg(PPOConfig, tmp_path, num_steps=3, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2,
+        cfg = _cfg(PPOConfig, tmp_path, max_steps=3, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2,
                    kl_penalty="reward", kl_coef=0.01)
         trainer = PPOTrainer(cfg, base, tok, prompts, contains("good"))
     else:
-        cfg = _cfg(ReinforceConfig, tmp_path, num_steps=3, baseline="grpo", lora=True, lora_r=8, lora_alpha=16,
+        cfg = _cfg(ReinforceConfig, tmp_path, max_steps=3, baseline="grpo", lora=True, lora_r=8, lora_alpha=16,
                    learning_rate=2e-2, kl_penalty="loss", kl_estimator="k3", kl_coef=0.01)
         trainer = ReinforceTrainer(cfg, base, tok, prompts, contains("good"))
     assert isinstance(trainer.reference, AdapterDisabledReference)
@@ -213,7 +213,7 @@ def test_gradient_checkpointing_gives_the_same_losses_and_weights(tok, prompts, 
 
     def run(out, checkpointing):
         torch.manual_seed(0)
-        cfg = _cfg(cfg_cls, out, num_steps=3, gradient_checkpointing=checkpointing, kl_penalty="reward",
+        cfg = _cfg(cfg_cls, out, max_steps=3, gradient_checkpointing=checkpointing, kl_penalty="reward",
                    kl_coef=0.1)
         trainer = cls(cfg, tasks.model(tok), tok, prompts, contains("good"))
         return trainer.train(), trainer.policy
@@ -234,7 +234,7 @@ def test_lora_ppo_and_grpo_learn_the_marker_task(tok, prompts, tmp_path, method)
     # "good" embedding, which LoRA (all linear layers but the head) cannot do (measured: stuck near 0.2 at lr
     # 3e-3..1e-1); here, measured: PPO 0.12 -> 0.74 and GRPO 0.12 -> 0.73 (mean of steps 36-40)
     model = tasks.model(tok, hidden=128)
-    lora = dict(num_steps=40, lora=True, lora_r=16, lora_alpha=32, learning_rate=1e-2)
+    lora = dict(max_steps=40, lora=True, lora_r=16, lora_alpha=32, learning_rate=1e-2)
     if method == "ppo":
         trainer = PPOTrainer(_cfg(PPOConfig, tmp_path, **lora), model, tok, prompts, contains("good"))
     else:

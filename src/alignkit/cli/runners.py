@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .inputs import (
+    check_max_length,
     check_prompt_lengths,
     check_run_directory,
     judge,
@@ -17,6 +18,7 @@ from .inputs import (
     load_policy,
     load_prompt_rows,
     load_tokenizer_for,
+    model_context,
     reward_source,
 )
 from .jobs import project
@@ -65,6 +67,7 @@ def run_offline(name: str, config) -> None:
     train_rows, eval_rows = load_offline_rows(config)
     tok = load_tokenizer_for(config)
     policy = load_policy(config, tok)
+    check_max_length(config, model_context(policy))
     save_resolved(config)
     tokenize = tokenize_sft if name == "sft" else tokenize_preferences
     train = tokenize(train_rows, tok, **config.tokenize_kwargs())
@@ -81,8 +84,10 @@ def _load_online(config):
     check_run_directory(config)
     rows, prompts, columns = load_prompt_rows(config)
     tok = load_tokenizer_for(config)
-    check_prompt_lengths(tok, rows, config)
+    check_prompt_lengths(tok, rows, config)  # before the model loads: errors in the data come first
     policy = load_policy(config, tok)
+    check_prompt_lengths(tok, rows, config, model_context(policy), strict=False)
+    check_max_length(config, model_context(policy))  # rlaif trains on its samples too
     save_resolved(config)
     return tok, policy, prompts, columns
 
@@ -211,3 +216,14 @@ def run_quickstart(name: str, config) -> None:
     from ..quickstart import run_quickstart as pipeline
 
     pipeline(config)
+
+
+def run_get_model(name: str, config) -> None:
+    """``alignkit model smollm2|tiny``: save a model to start from (no Hugging Face Hub needed)."""
+    from ..models.catalog import save_model
+
+    try:
+        path = save_model(config.name, config.output_dir)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    print(f"saved {config.name} to {path}/ (model + tokenizer); use it as model={path}")

@@ -21,7 +21,6 @@ Importing this package loads torch and the standard library only: the tokenizer 
 """
 
 from .chat import DEFAULT_GENERATION_PROMPT, DEFAULT_MESSAGE_FORMAT, render_messages, split_messages
-from .collate import PreferenceCollator, SFTCollator, pack_sft
 from .errors import DataError
 from .formats import FORMATS, REQUIRED_COLUMNS, detect_format, normalize_row, split_hh_rlhf, validate_messages
 from .loading import Rows, load_rows
@@ -49,3 +48,13 @@ __all__ = [
     "tokenize_sft",
     "validate_messages",
 ]
+
+_COLLATE = ("PreferenceCollator", "SFTCollator", "pack_sft")  # torch: imported on first use
+
+
+def __getattr__(name: str):
+    if name in _COLLATE:
+        from . import collate
+
+        return getattr(collate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -180,6 +180,26 @@ def _row(rows, i, fmt, where) -> dict:
         raise e.at(where) from None
 
 
+def _sft_format(row) -> str:
+    """How an SFT row is read: chat messages, prompt/completion, or a question with its answer (GSM8K rows,
+    raw ``{"question", "answer"}`` or loaded ``{"prompt", "answer"}``)."""
+    if not isinstance(row, dict):
+        return "prompt_completion"  # normalize_row names the problem
+    if "messages" in row:
+        return "messages"
+    if "answer" in row and "completion" not in row:
+        return "gsm8k" if "question" in row else "prompt"
+    return "prompt_completion"
+
+
+def _answer_text(row: dict, where) -> str:
+    answer = row.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError("must be a non-empty string (it is the completion of this question)", location=where,
+                        field="answer")
+    return answer
+
+
 def tokenize_sft(
     rows: Sequence[dict],
     tokenizer,
@@ -194,7 +214,8 @@ def tokenize_sft(
     Args:
         rows: ``{"prompt", "completion"}`` or ``{"messages": [...]}`` dicts (as :func:`load_rows` returns
             them; other rows are validated here). Messages are split into prompt and completion with the
-            tokenizer's chat template (:func:`alignkit.data.chat.split_messages`).
+            tokenizer's chat template (:func:`alignkit.data.chat.split_messages`). GSM8K rows (``{"question",
+            "answer"}``, or ``{"prompt", "answer"}`` as loaded) are a user turn and the assistant's answer.
         tokenizer: a transformers tokenizer.
         max_length: most tokens per example (prompt + completion, EOS included).
         truncation: ``"fit"``, ``"error"``, ``"left"`` or ``"right"`` (module docstring).
@@ -210,9 +231,12 @@ def tokenize_sft(
     where = _locations(rows)
     prompts, completions = [], []
     for i in range(len(rows)):
-        fmt = "messages" if isinstance(rows[i], dict) and "messages" in rows[i] else "prompt_completion"
+        fmt = _sft_format(rows[i])
         row = _row(rows, i, fmt, where[i])
-        if fmt == "messages":
+        if fmt in ("gsm8k", "prompt"):  # a question and its reference answer: one user turn, one assistant turn
+            row = {"messages": [{"role": "user", "content": row["prompt"]},
+                                {"role": "assistant", "content": _answer_text(row, where[i])}]}
+        if "messages" in row:
             try:
                 prompt, completion = split_messages(row["messages"], tokenizer)
             except DataError as e:

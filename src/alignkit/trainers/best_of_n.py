@@ -43,7 +43,7 @@ import torch
 
 from ..generation.base import Generator
 from ..rollout import check_prompt_columns, lap, sample_and_score, tokenize_prompts
-from ..training.config import SamplingConfig, SeedConfig, check_options, option
+from ..training.config import ProgressConfig, SamplingConfig, SeedConfig, check_options, option
 from ..training.distributed import gather_objects, process_share
 
 __all__ = ["BestOfNConfig", "BestOfNResult", "best_of_n", "continuous_win_rate", "kl_bound"]
@@ -78,7 +78,7 @@ def continuous_win_rate(n: int) -> float:
 
 
 @dataclass
-class BestOfNConfig(SeedConfig, SamplingConfig):
+class BestOfNConfig(SeedConfig, SamplingConfig, ProgressConfig):
     """Best-of-N sampling settings (validated on construction; sampling fields from ``SamplingConfig``)."""
 
     n: int = option(4, "completions sampled per prompt; the best-scoring one is kept")
@@ -256,7 +256,13 @@ def best_of_n(
     mine = process_share(len(prompts), rank, world_size)
     texts: list[list[str]] = []  # [P][m]
     scores, finished = [], []  # [b, m] per batch
-    for start in range(mine.start, mine.stop, config.batch_size):
+    starts = range(mine.start, mine.stop, config.batch_size)
+    if config.progress and rank == 0 and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"best-of-{n}: sample and score {len(mine)} prompts (this process)",
+                      unit="batch", dynamic_ncols=True)
+    for start in starts:
         rows = list(range(start, min(start + config.batch_size, mine.stop)))
         sampling = config.sampling_params(m, seed=config.seed, first_prompt_index=start)
         batch = sample_and_score(generator, tokenizer, [prompt_ids[i] for i in rows], sampling, prompts, rows=rows,

@@ -74,7 +74,10 @@ EXTREME_METRICS = {"ratio_min": "min", "ratio_max": "max"}
 class OnlineConfig(RunConfig, SamplingConfig):
     """Settings shared by the online trainers (the shared training fields come from ``RunConfig``)."""
 
-    num_steps: int = option(100, "rollout + update iterations", bounds="[1, inf)")
+    max_steps: int = option(100, "steps: rollout + update iterations (the offline trainers' word too)",
+                            bounds="[1, inf)")
+    num_steps: int = option(0, "deprecated alias of max_steps (0 = not given); kept for old presets and scripts",
+                            bounds="[0, inf)")
     prompts_per_step: int = option(8, "prompts sampled per step, over all processes", bounds="[1, inf)")
     samples_per_prompt: int = option(4, "completions per prompt (n); leave-one-out and GRPO need >= 2",
                                      bounds="[1, inf)")
@@ -100,6 +103,17 @@ class OnlineConfig(RunConfig, SamplingConfig):
     def uses_reference(self) -> bool:
         """Whether pi_ref is needed at all: a KL penalty that can be non-zero."""
         return self.kl_penalty != "none" and (self.kl_coef > 0 or self.adaptive_kl)
+
+    def __post_init__(self):
+        if self.num_steps:  # the old name: one vocabulary (max_steps) with the old one still understood
+            import warnings
+
+            if self.max_steps not in (self.num_steps, OnlineConfig.max_steps):
+                raise ValueError(f"num_steps={self.num_steps} (the old name of max_steps) and max_steps="
+                                 f"{self.max_steps} disagree; give max_steps only")
+            warnings.warn("num_steps is deprecated: use max_steps (the same setting, the offline trainers' name)",
+                          DeprecationWarning, stacklevel=3)
+            self.max_steps, self.num_steps = self.num_steps, 0
 
     def validate(self, world_size: int = 1) -> None:
         """Fail at config time, naming the setting (and the numbers), before anything is written."""
@@ -181,7 +195,7 @@ class OnlineTrainer(TrainingLoop):
                  columns: dict[str, list] | None = None, reference=None, generator=None):
         from ..models.reference import make_reference
 
-        super().__init__(config, config.num_steps, tokenizer)
+        super().__init__(config, config.max_steps, tokenizer)
         if self.accelerator.device.type == "cpu":
             # denormal floats (tiny advantages, values, KL terms) made a CPU PPO update 10x slower (198 s of a
             # 200 s step); flushing them to zero changes nothing above 1e-38 (process-wide, as torch sets it)
@@ -206,7 +220,7 @@ class OnlineTrainer(TrainingLoop):
         optimizer = build_optimizer(trained, config.learning_rate, config.weight_decay,
                                     (config.adam_beta1, config.adam_beta2), config.adam_eps)
         self.scheduler = build_scheduler(optimizer, config.lr_scheduler, config.warmup_steps,
-                                         config.num_steps * config.update_epochs * config.num_minibatches)
+                                         config.max_steps * config.update_epochs * config.num_minibatches)
         self.model, self.optimizer = self.accelerator.prepare(trained, optimizer)
         self.prepare_critic()
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)

@@ -157,7 +157,14 @@ class TokenizeConfig(PromptLengthConfig):
 
 
 @dataclass
-class RunConfig(SeedConfig):
+class ProgressConfig:
+    """Whether long phases show a progress bar: declared once for the trainers, Best-of-N and RLAIF labelling."""
+
+    progress: bool = option(True, "show a progress bar (with live metrics while training)")
+
+
+@dataclass
+class RunConfig(SeedConfig, ProgressConfig):
     """Settings every trainer shares (offline and online)."""
 
     output_dir: str = option("runs/alignkit", "run directory: metrics, checkpoints, final model")
@@ -189,7 +196,6 @@ class RunConfig(SeedConfig):
     overwrite: bool = option(False, "replace an earlier run's results in output_dir (metrics, checkpoints, final/) "
                                     "instead of refusing to start there")
     tensorboard: bool = option(True, "write TensorBoard events too (needs the tensorboard package)")
-    progress: bool = option(True, "show a progress bar with live metrics")
     num_samples: int = option(4, "sample completions written to samples.jsonl and report.html (0 = none)",
                               bounds="[0, inf)")
 
