@@ -145,6 +145,15 @@ def test_every_trainer_takes_a_step_on_the_real_model(smol, tmp_path):
                      load_causal_lm(out), tok, prompts, contains("yes")).train()
     assert _finite(sft, "loss") and _finite(reward, "loss") and _finite(dpo, "loss")
     assert _finite(grpo, "policy_loss") and _finite(grpo, "kl") and _finite(ppo, "value_loss")
+    # a LoRA result is the adapter alone (r=8 on every linear layer: ~10 MB; no resized embeddings or LM head,
+    # which made it 236 MB once), and it loads onto the original 49,152-token model (issue 19, item 5)
+    adapter = tmp_path / "dpo" / "final"
+    size = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
+    assert (adapter / "adapter_config.json").is_file() and 0 < size < 30e6, size
+    from peft import PeftModel
+
+    restored = PeftModel.from_pretrained(load_causal_lm(out), str(adapter))
+    assert restored.get_input_embeddings().weight.shape[0] == len(tok) == 49152
     from transformers import AutoModelForSequenceClassification
 
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
