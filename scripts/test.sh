@@ -19,4 +19,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
         >/tmp/alignkit-chromium-install.log 2>&1 \
         || echo "could not install chromium (see /tmp/alignkit-chromium-install.log)"
 fi
+# The documentation site must build without a warning (a broken link, page or API reference fails here).
+"$VPY" -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 exec "$VPY" -m pytest "$@"

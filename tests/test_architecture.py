@@ -50,22 +50,7 @@ def test_core_imports_with_transformers_blocked():
 
 def _alignkit_imports(path: pathlib.Path) -> set[str]:
     """alignkit subpackages a module imports, absolute or relative (``from ..core import x`` -> "core")."""
-    tree = ast.parse(path.read_text())
-    package = path.relative_to(SRC).parts[:-1]  # e.g. ("classic", "agents")
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(package[: len(package) - node.level + 1])
-                target = base + (node.module.split(".") if node.module else [])
-            elif node.module and node.module.startswith("alignkit."):
-                target = node.module.split(".")[1:]
-            else:
-                continue
-            found.add(target[0] if target else "")
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("alignkit."))
-    return found
+    return {module.split(".")[0] for module in _alignkit_modules(path)}
 
 
 def test_classic_imports_only_core_from_alignkit():

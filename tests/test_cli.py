@@ -546,3 +546,13 @@ def test_alignkit_model_saves_a_model_to_start_from_and_runs_check_the_context(t
            f"output_dir={tmp_path / 'sft'}"]
     assert main(sft) == 2
     assert "max_length=512 is more than the model's 128 positions" in capsys.readouterr().err
+
+
+def test_trpo_refuses_a_kl_in_the_loss_it_would_not_apply_and_the_quickstart_too_few_pairs(capsys):
+    from alignkit.trainers import TRPOConfig
+
+    with pytest.raises(ValueError, match="kl_penalty='loss' is not a TRPO setting"):
+        TRPOConfig(output_dir="unused", kl_penalty="loss", kl_coef=0.1).validate()
+    TRPOConfig(output_dir="unused", kl_penalty="loss", kl_coef=0.0).validate()  # no KL at all: nothing to lose
+    assert main(["quickstart", "pairs=16"]) == 2
+    assert "pairs must be a finite number >= 64, got 16" in capsys.readouterr().err

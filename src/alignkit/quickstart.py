@@ -63,13 +63,21 @@ class QuickstartConfig:
     output_dir: str = option("runs/quickstart", "run directory")
     seed: int = option(0, "seed of everything")
     sft_steps: int = option(150, "SFT optimiser steps")
-    pairs: int = option(1024, "preference pairs sampled from the SFT policy and labelled by the gold scorer")
+    pairs: int = option(1024, "preference pairs sampled from the SFT policy and labelled by the gold scorer "
+                               "(>= 64: the reward model trains on batches of 32 and holds 10% out)",
+                        bounds="[64, inf)")
     reward_steps: int = option(150, "reward-model optimiser steps")
     ppo_steps: int = option(60, "PPO steps")
     dpo_steps: int = option(100, "DPO optimiser steps")
     kl_coef: float = option(0.2, "PPO's KL coefficient (a second PPO run with 0 shows over-optimisation)")
     max_new_tokens: int = option(8, "reply length")
     eval_prompts: int = option(64, "prompts for the final table")
+
+    def validate(self) -> None:
+        """Every option in its range (``pairs`` above all: too few leave the reward model no batch)."""
+        from .training.config import check_options
+
+        check_options(self)
 
 
 def _tokenizer():

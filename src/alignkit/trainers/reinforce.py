@@ -3,8 +3,8 @@
 Variant (seed 003 "The Vanilla Policy Gradient Algorithm (with baseline)"; seed 004 "Language models as
 policies"):
   * sequence reward R(x, y) = r(x, y) - beta * sum_t KL_t with ``kl_penalty="reward"`` (seed 000's r_s);
-    with ``kl_penalty="loss"`` R = r and beta * agg(KL_t) is added to the loss (GRPO, estimator k3 by
-    default there); ``"none"`` drops it;
+    with ``kl_penalty="loss"`` R = r and beta * agg(KL_t) is added to the loss (as GRPO does; the estimator is
+    ``kl_estimator``, k1 by default, k3 in the GRPO preset ``configs/grpo_gsm8k.yaml``); ``"none"`` drops it;
   * advantage A = R - b with the baseline b named by ``baseline``: none, batch mean, per-prompt mean,
     leave-one-out (RLOO; Kool et al. 2019, Ahmadian et al. 2024), group-normalised (GRPO; Shao et al.
     2024) or group-centred without the std (Dr. GRPO); the same A for every token of the response

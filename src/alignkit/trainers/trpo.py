@@ -49,6 +49,10 @@ class TRPOConfig(PPOConfig):
         if self.shared_trunk:
             raise ValueError("TRPO needs a separate critic (shared_trunk=False): its policy step must not move "
                              "the value head's trunk")
+        if self.kl_penalty == "loss" and self.uses_reference:
+            raise ValueError("kl_penalty='loss' is not a TRPO setting: TRPO's step maximises the surrogate under "
+                             "the trust region and has no loss term to add the KL to; use kl_penalty='reward' (the "
+                             "KL-shaped reward) or 'none'")
         if self.damping < 0 or self.cg_iters < 1 or self.max_backtracks < 1:
             raise ValueError("damping must be >= 0, cg_iters and max_backtracks >= 1")
 
