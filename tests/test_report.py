@@ -111,3 +111,15 @@ def test_alignkit_report_rewrites_a_run_directory(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("{not json\n{\"step\": 1}\n")
     assert main(["report", str(run)]) == 2
     assert "metrics.jsonl:1: not a JSON line" in capsys.readouterr().err
+
+
+def test_a_report_with_a_summary_but_no_metrics_has_no_stray_section_and_lists_its_result_files(tmp_path):
+    """Best-of-N, classic and generate runs have no metrics.jsonl: their report shows what they have (summary,
+    result files) and no "no metrics.jsonl" section."""
+    run = tmp_path / "bon"
+    run.mkdir()
+    (run / "best_of_n.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (run / "summary.json").write_text('{"win_rate": 0.8}\n')
+    page = write_report(run, summary={"win_rate": 0.8}).read_text()
+    assert "no metrics.jsonl" not in page
+    assert "<a href='best_of_n.jsonl'>" in page and "<a href='summary.json'>" in page

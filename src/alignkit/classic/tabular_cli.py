@@ -81,7 +81,7 @@ def run_gridworld(config: GridworldConfig) -> dict:
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_values(V, policy, out / "values.png", title=title)
+    png = plot_values(V, policy, out / "values.png", title=title.replace(": ", ":\n", 1))  # two lines: never clipped
     exits = {state_index(cell) for cell in EXITS}
     summary = {
         **asdict(config),

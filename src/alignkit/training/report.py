@@ -247,9 +247,9 @@ def write_report(
         for group, path in plot_metrics(series, run_dir / "plots"):
             parts.append(f"<h3>{html.escape(group.title)}</h3>"
                          + html_image(path.relative_to(run_dir).as_posix(), group.title))
-    else:
-        parts.append("<h2>Metrics</h2><p class='muted'>no metrics.jsonl in this run directory</p>")
     samples = read_samples(run_dir / "samples.jsonl")
+    if not records and not summary and not sections and not samples:  # else the page has its content already
+        parts.append("<h2>Metrics</h2><p class='muted'>no metrics.jsonl in this run directory</p>")
     if samples:
         sample_steps = sorted({s.get("step", 0) for s in samples})
         shown = dict.fromkeys([sample_steps[0], sample_steps[-1]])
@@ -260,7 +260,8 @@ def write_report(
     config = _config(run_dir)
     if config:
         parts.append("<h2>Configuration</h2>" + html_table([{"key": k, "value": v} for k, v in config.items()]))
-    links = [name for name in ("metrics.jsonl", "samples.jsonl", "resolved_config.yaml", "config.json", "final",
+    links = [name for name in ("metrics.jsonl", "samples.jsonl", "completions.jsonl", "best_of_n.jsonl",
+                               "ai_labels.jsonl", "summary.json", "resolved_config.yaml", "config.json", "final",
                                "tensorboard") if (run_dir / name).exists()]
     if links:
         items = "".join(f"<li><a href='{html.escape(n)}'>{html.escape(n)}</a></li>" for n in links)
