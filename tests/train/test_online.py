@@ -201,3 +201,21 @@ def test_fused_forward_is_used_only_for_a_single_on_policy_step(tok, prompts, tm
 
     assert fuses()
     assert not fuses(update_epochs=2) and not fuses(num_minibatches=2) and not fuses(grad_accum_steps=2)
+
+
+def test_zero_scores_leave_ppo_without_denormals_or_amplified_noise(tok, prompts, tmp_path):
+    """A regression guard for issue 19, items 3-4: with every score 0 and a KL penalty, PPO's advantages stay 0
+    and the policy's Adam state holds no denormal floats (whose arithmetic once made a CPU update 10x slower),
+    with flushing off. On this tiny model the KL noise that whitening used to amplify does not arise (the test
+    also passes with the whitening floor removed); the real-model measurement is in the issue's note."""
+    cfg = _cfg(PPOConfig, tmp_path, max_steps=3, kl_coef=0.05, kl_penalty="reward", num_samples=0)
+    trainer = PPOTrainer(cfg, tasks.model(tok), tok, prompts, lambda p, c, **k: [0.0] * len(c))
+    torch.set_flush_denormal(False)  # the trainer turns flushing on on CPU as a guard: test the cause itself
+    try:
+        history = trainer.train()
+    finally:
+        torch.set_flush_denormal(True)  # as every online trainer leaves it on CPU
+    assert all(h["advantage_std"] == 0.0 for h in history)
+    smallest_normal = torch.finfo(torch.float32).tiny
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    assert state and all(not bool(((v != 0) & (v.abs() < smallest_normal)).any()) for v in state)
