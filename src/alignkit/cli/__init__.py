@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.errors import DataError
 from .commands import BY_NAME, COMMANDS, GROUPS, Command
 from .parser import USAGE_ERROR, UsageError, build_config, config_help
 
@@ -112,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = parse_config(name, rest)
         command.run(name, config)
-    except UsageError as e:
-        print(f"alignkit {name}: error: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    except Exception as e:  # a data file's bad row: its file, line and field, not a traceback
-        if type(e).__name__ != "DataError":
-            raise
+    except (UsageError, DataError) as e:  # a DataError names a data file's bad row: file, line and field
         print(f"alignkit {name}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0

@@ -65,13 +65,23 @@ def _trainer_job(job_name: str, trainer_config: str, *parts: type) -> Callable[[
     return build
 
 
-def _classic_config(module: str, name: str) -> Callable[[], type]:
-    def load() -> type:
-        import importlib
+def _imported(target: str) -> Callable[[], object]:
+    """``target`` (``"package.module:name"``), imported when first called (the classic commands load no
+    transformers; nothing loads at ``alignkit --help``)."""
 
-        return getattr(importlib.import_module(module), name)
+    def load() -> object:
+        from ..rewards.base import resolve_import_path
+
+        return resolve_import_path(target, "command")
 
     return load
+
+
+def _classic(sub: str, module: str, config: str, runner: str, summary: str) -> Command:
+    """``alignkit classic <sub>``: its config class and its runner ``runner(config) -> summary dict``."""
+    return Command(f"classic {sub}", _imported(f"{module}:{config}"), summary,
+                   functools.partial(runners.run_classic, _imported(f"{module}:{runner}")), check=None,
+                   fresh_run_dir=False)
 
 
 def _quickstart_config() -> type:
@@ -103,15 +113,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("generate", lambda: GenerateJob, "sample completions from a checkpoint", runners.run_generate),
     Command("model", lambda: GetModelJob, "save a model to start from: smollm2 (real, 135M) or tiny (random, for "
             "smoke runs)", runners.run_get_model, positional="name", check=None, fresh_run_dir=False),
-    Command("classic gridworld", _classic_config("alignkit.classic.tabular_cli", "GridworldConfig"),
-            "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)",
-            runners.run_classic, check=None, fresh_run_dir=False),
-    Command("classic bandit", _classic_config("alignkit.classic.tabular_cli", "BanditConfig"),
-            "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs",
-            runners.run_classic, check=None, fresh_run_dir=False),
-    Command("classic gym", _classic_config("alignkit.classic.gym_runner", "GymConfig"),
-            "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium",
-            runners.run_classic, check=None, fresh_run_dir=False),
+    _classic("gridworld", "alignkit.classic.tabular_cli", "GridworldConfig", "run_gridworld",
+             "value / policy iteration on the 4x3 grid world of seed 004 (slip, living reward, gamma)"),
+    _classic("bandit", "alignkit.classic.tabular_cli", "BanditConfig", "run_bandit",
+             "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs"),
+    _classic("gym", "alignkit.classic.gym_runner", "GymConfig", "run_gym",
+             "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium"),
     Command("report", lambda: ReportJob, "(re)write a run directory's report.html: alignkit report RUN_DIR",
             runners.run_report, positional="run_dir", check=None, fresh_run_dir=False),
     Command("quickstart", _quickstart_config,

@@ -70,36 +70,45 @@ def prompt_columns(rows) -> dict[str, list]:
     return {name: [r[name] for r in rows] for name in names}
 
 
-def check_prompt_lengths(tok, rows, config, context: int | None = None, strict: bool = True) -> None:
-    """Every prompt of the file, rendered as it will be sampled from, fits before the run starts (not when its
-    step comes): with ``prompt_truncation=error`` within ``max_prompt_length``, and always, once cut to
-    ``max_prompt_length``, with ``max_new_tokens`` more within the model's ``context`` (positions). A DataError
-    names the first prompt that does not fit (``strict=False``: the context only)."""
-    from ..data import DataError
+def prompt_lengths(tok, rows, config) -> list[int]:
+    """Tokens of every prompt of the file, rendered as it will be sampled from, before any cut (one pass over
+    the file, found before the model loads)."""
     from ..rollout import tokenize_prompts
 
-    strict = strict and getattr(config, "prompt_truncation", "") == "error" and config.max_prompt_length
-    if not strict and context is None:
+    ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **{**config.prompt_kwargs(), "max_prompt_length": None})
+    return [len(x) for x in ids]
+
+
+def check_prompt_truncation(lengths: list[int], rows, config) -> None:
+    """With ``prompt_truncation=error``, every prompt fits ``max_prompt_length``: else a DataError naming the first
+    one's line (before the model loads, not when its step comes)."""
+    if getattr(config, "prompt_truncation", "") != "error" or not config.max_prompt_length:
         return
-    kwargs = {**config.prompt_kwargs(), "max_prompt_length": None}
-    ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **kwargs)
-    lengths = [len(x) for x in ids]
-    if strict:
-        too_long = [i for i, n in enumerate(lengths) if n > config.max_prompt_length]
-        if too_long:
-            i = too_long[0]
-            raise DataError(f"prompt is {lengths[i]} tokens, more than max_prompt_length={config.max_prompt_length} "
-                            f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the "
-                            "default, left, keeps each prompt's last tokens)", location=rows.where(i))
-    if context is not None:
-        kept = [min(n, config.max_prompt_length) if config.max_prompt_length else n for n in lengths]
-        over = [i for i, n in enumerate(kept) if n + config.max_new_tokens > context]
-        if over:
-            i = max(over, key=lambda k: kept[k])
-            raise DataError(f"prompt is {kept[i]} tokens; with max_new_tokens={config.max_new_tokens} that is more "
-                            f"than the model's {context} positions ({len(over)} prompts are); set max_prompt_length="
-                            f"{max(1, context - config.max_new_tokens)} (prompts keep their last tokens) or lower "
-                            "max_new_tokens", location=rows.where(i))
+    from ..data import DataError
+
+    too_long = [i for i, n in enumerate(lengths) if n > config.max_prompt_length]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"prompt is {lengths[i]} tokens, more than max_prompt_length={config.max_prompt_length} "
+                        f"({len(too_long)} prompts are); with prompt_truncation=error nothing is cut (the default, "
+                        "left, keeps each prompt's last tokens)", location=rows.where(i))
+
+
+def check_prompts_fit_context(lengths: list[int], rows, config, context: int | None) -> None:
+    """Every prompt, once cut to ``max_prompt_length``, with ``max_new_tokens`` more fits the model's ``context``
+    (positions); else a DataError naming the longest such prompt and the setting to change."""
+    if context is None:
+        return
+    from ..data import DataError
+
+    kept = [min(n, config.max_prompt_length) if config.max_prompt_length else n for n in lengths]
+    over = [i for i, n in enumerate(kept) if n + config.max_new_tokens > context]
+    if over:
+        i = max(over, key=lambda k: kept[k])
+        raise DataError(f"prompt is {kept[i]} tokens; with max_new_tokens={config.max_new_tokens} that is more "
+                        f"than the model's {context} positions ({len(over)} prompts are); set max_prompt_length="
+                        f"{max(1, context - config.max_new_tokens)} (prompts keep their last tokens) or lower "
+                        "max_new_tokens", location=rows.where(i))
 
 
 def model_context(policy) -> int | None:

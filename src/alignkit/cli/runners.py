@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .inputs import (
     check_max_length,
-    check_prompt_lengths,
+    check_prompt_truncation,
+    check_prompts_fit_context,
     check_run_directory,
     judge,
     load_offline_rows,
@@ -19,6 +20,7 @@ from .inputs import (
     load_prompt_rows,
     load_tokenizer_for,
     model_context,
+    prompt_lengths,
     reward_source,
 )
 from .jobs import project
@@ -35,13 +37,13 @@ def results_summary(output_dir: str) -> str:
 
 
 def says_where_results_went(run):
-    """After ``run``, the main process prints where the results are (:func:`results_summary`)."""
+    """After ``run(..., config)``, the main process prints where the results are (:func:`results_summary`)."""
 
     @functools.wraps(run)
-    def wrapped(name: str, config) -> None:
-        run(name, config)
+    def wrapped(*args) -> None:
+        run(*args)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(results_summary(config.output_dir))
+            print(results_summary(args[-1].output_dir))
 
     return wrapped
 
@@ -84,9 +86,10 @@ def _load_online(config):
     check_run_directory(config)
     rows, prompts, columns = load_prompt_rows(config)
     tok = load_tokenizer_for(config)
-    check_prompt_lengths(tok, rows, config)  # before the model loads: errors in the data come first
+    lengths = prompt_lengths(tok, rows, config)
+    check_prompt_truncation(lengths, rows, config)  # before the model loads: errors in the data come first
     policy = load_policy(config, tok)
-    check_prompt_lengths(tok, rows, config, model_context(policy), strict=False)
+    check_prompts_fit_context(lengths, rows, config, model_context(policy))
     check_max_length(config, model_context(policy))  # rlaif trains on its samples too
     save_resolved(config)
     return tok, policy, prompts, columns
@@ -180,21 +183,14 @@ def run_generate(name: str, config) -> None:
     write_report(path.parent, title=f"alignkit generate: {path.parent.resolve().name}")
 
 
-CLASSIC_RUNNERS = {"classic gridworld": ("alignkit.classic.tabular_cli", "run_gridworld"),
-                   "classic bandit": ("alignkit.classic.tabular_cli", "run_bandit"),
-                   "classic gym": ("alignkit.classic.gym_runner", "run_gym")}
-
-
 @says_where_results_went
-def run_classic(name: str, config) -> None:
-    """``alignkit classic <sub>``: the runner writes its PNGs and summary.json, then report.html."""
-    import importlib
-
+def run_classic(load_runner, name: str, config) -> None:
+    """``alignkit classic <sub>``: the runner (``load_runner()``) writes its PNGs and summary.json, then
+    report.html."""
     from ..training.report import html_image, write_report
 
     save_resolved(config)
-    module, runner = CLASSIC_RUNNERS[name]
-    summary = getattr(importlib.import_module(module), runner)(config)
+    summary = load_runner()(config)
     out = Path(config.output_dir)
     flat = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))}
     sections = [(png.stem.replace("_", " "), html_image(png.name, png.stem)) for png in sorted(out.glob("*.png"))]

@@ -15,8 +15,6 @@ Built in: ``"kv-cache"``, the default batched KV-cache sampler
 
 from __future__ import annotations
 
-import importlib
-
 from .base import Generator
 
 __all__ = ["ENGINES", "make_generator", "register_engine"]
@@ -42,11 +40,9 @@ def _engine_class(backend: str) -> type:
     if backend not in ENGINES:
         raise ValueError(f"unknown generation backend {backend!r}; registered: {', '.join(sorted(ENGINES))} "
                          "(register_engine adds one)")
-    module, _, attr = ENGINES[backend].partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"generation backend {backend!r} ({ENGINES[backend]}) cannot be imported: {err}") from err
+    from ..rewards.base import resolve_import_path  # the one resolver of "module:name" paths (nothing eval-ed)
+
+    return resolve_import_path(ENGINES[backend], f"generation backend {backend!r}")
 
 
 def make_generator(policy, tokenizer, backend: str = "kv-cache", **options) -> Generator:

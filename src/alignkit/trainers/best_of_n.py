@@ -102,7 +102,6 @@ class BestOfNConfig(SeedConfig, SamplingConfig, ProgressConfig):
         return self.n + int(self.measure_win_rate)
 
 
-
 @dataclass
 class BestOfNResult:
     """The chosen completion per prompt, every score, and the win rate / KL report. P prompts.

@@ -108,7 +108,7 @@ class OnlineConfig(RunConfig, SamplingConfig):
         if self.num_steps:  # the old name: one vocabulary (max_steps) with the old one still understood
             import warnings
 
-            if self.max_steps not in (self.num_steps, OnlineConfig.max_steps):
+            if self.max_steps not in (self.num_steps, self.__dataclass_fields__["max_steps"].default):
                 raise ValueError(f"num_steps={self.num_steps} (the old name of max_steps) and max_steps="
                                  f"{self.max_steps} disagree; give max_steps only")
             warnings.warn("num_steps is deprecated: use max_steps (the same setting, the offline trainers' name)",
