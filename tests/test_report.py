@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from alignkit.training.report import _group_of, append_samples, read_metrics, write_report
+from alignkit.training.report import append_samples, group_of, read_metrics, write_report
 from tests.report_checks import assert_report_references_only_existing_files, render
 
 
@@ -18,8 +18,8 @@ def _fake_run(run_dir, steps=20):
         for s in range(1, steps + 1):
             f.write(json.dumps({"step": s, "time_s": 0.1 * s, "score": math.tanh(s / 5), "kl": 0.05 * s,
                                 "policy_loss": 1 / s, "value_loss": 2 / s, "response_length": 5 + s % 3,
-                                "eos_rate": 0.8, "clipfrac": 0.1, "time/generate": 0.2,
-                                "explained_variance": "nan" if s == 3 else 0.5}) + "\n")
+                                "eos_rate": 0.8 + 0.01 * (s % 2), "clipfrac": 0.1 / s, "time/generate": 0.2 + s % 2,
+                                "explained_variance": "nan" if s == 3 else 0.5 + s / 100}) + "\n")
     append_samples(run_dir, 1, [{"prompt": "say <b>hi</b>", "completion": "hello & bye", "score": 0.1}])
     append_samples(run_dir, steps, [{"prompt": "say hi", "completion": "good good", "score": 0.9}])
     (run_dir / "config.json").write_text(json.dumps({"trainer": "ppo", "kl_coef": 0.05}))
@@ -32,7 +32,7 @@ def _fake_run(run_dir, steps=20):
     ("clipfrac", "other"), ("entropy", "other"), ("data/examples", None), ("skipped_updates", None),
 ])
 def test_metric_keys_go_to_the_right_plot(key, group):
-    assert _group_of(key) == group
+    assert group_of(key) == group
 
 
 def test_report_has_plots_samples_config_and_only_existing_references(tmp_path):
@@ -123,3 +123,22 @@ def test_a_report_with_a_summary_but_no_metrics_has_no_stray_section_and_lists_i
     page = write_report(run, summary={"win_rate": 0.8}).read_text()
     assert "no metrics.jsonl" not in page
     assert "<a href='best_of_n.jsonl'>" in page and "<a href='summary.json'>" in page
+
+
+def test_a_constant_metric_gets_no_panel_and_step_axes_have_whole_numbers(tmp_path):
+    from matplotlib.image import imread
+
+    from alignkit.training.report import plot_metrics
+
+    steps = [1.0, 2.0, 3.0]
+    (_, one), = plot_metrics({"kl": (steps, [0.1, 0.2, 0.4]), "kl_coef": (steps, [0.2, 0.2, 0.2])}, tmp_path / "a")
+    (_, two), = plot_metrics({"kl": (steps, [0.1, 0.2, 0.4]), "kl_coef": (steps, [0.2, 0.3, 0.2])}, tmp_path / "b")
+    assert imread(two).shape[1] == 2 * imread(one).shape[1]  # the constant kl_coef took no panel of its own
+    from matplotlib.figure import Figure
+
+    from alignkit.training.report import _label_axes
+
+    ax = Figure().subplots()
+    ax.plot([1, 2, 3], [0.5, 0.1, 0.7])
+    _label_axes(ax, "step", "kl (nats)")
+    assert ax.get_xlabel() == "step" and all(float(t).is_integer() for t in ax.get_xticks())  # no 1.25, 1.5...

@@ -69,7 +69,11 @@ class QuickstartConfig:
     reward_steps: int = option(150, "reward-model optimiser steps")
     ppo_steps: int = option(60, "PPO steps")
     dpo_steps: int = option(100, "DPO optimiser steps")
-    kl_coef: float = option(0.2, "PPO's KL coefficient (a second PPO run with 0 shows over-optimisation)")
+    kl_coef: float = option(0.2, "PPO's KL coefficient (a second PPO run with 0 shows over-optimisation)",
+                            bounds="(0, inf)")
+    dpo_beta: float = option(0.1, "DPO's beta", bounds="(0, inf)")
+    frontier: bool = option(True, "also train PPO at kl_coef/4 and 2.5 kl_coef and DPO at dpo_beta/4 and 4 "
+                                   "dpo_beta, for the reward-KL frontier (false: about 3 minutes less)")
     max_new_tokens: int = option(8, "reply length")
     eval_prompts: int = option(64, "prompts for the final table")
 
@@ -97,18 +101,64 @@ def _prompts(rng, n):
     return [" ".join(rng.choice(NEUTRAL) for _ in range(rng.randint(2, 4))) for _ in range(n)]
 
 
-def _evaluate(policy, tok, prompts, scorer, reference, max_new_tokens, seed):
-    """Mean gold score, mean learnt reward and mean sequence KL(pi || pi_sft), plus sample completions."""
+def _evaluate(policy, tok, prompts, scorer, reference, max_new_tokens, seed, samples=4):
+    """Mean gold score, mean learnt reward and mean sequence KL(pi || pi_sft) of ``samples`` completions for each
+    prompt (the same seed at every call: common random numbers across policies), plus three completions."""
     from .generation import SamplingParams, make_generator
     from .rollout import collect_rollout
 
     gen = make_generator(policy, tok)
     ro = collect_rollout(prompts, tok, gen, gold_reward, policy, SamplingParams(max_new_tokens=max_new_tokens,
-                         seed=seed), reference=reference)
+                         n=samples, seed=seed), reference=reference)
     kl = float(((ro.logprobs - ro.ref_logprobs) * ro.response_mask).sum(-1).mean())
     learnt = float(torch.tensor(scorer(ro.prompts, ro.completions)).mean())
+    shown = range(0, min(3 * samples, len(ro.completions)), samples)  # the first sample of the first 3 prompts
     return {"gold": float(ro.scores.mean()), "learnt_reward": learnt, "kl": kl,
-            "samples": list(zip(ro.prompts[:3], ro.completions[:3], strict=True))}
+            "samples": [(ro.prompts[i], ro.completions[i]) for i in shown]}
+
+
+def _best_of_n_frontier(policy, tok, prompts, scorer, max_new_tokens, seed, largest_n=64):
+    """Best-of-n from ``policy`` for n = 1, 2, 4, ..., ``largest_n``, picked by the learnt reward (one pool of
+    ``largest_n`` samples per prompt, see :func:`alignkit.training.frontier.best_of_n_points`)."""
+    from .generation import SamplingParams, make_generator
+    from .rollout import decode_completions
+    from .training.frontier import best_of_n_points
+
+    gen = make_generator(policy, tok)
+    ids = [tok(p)["input_ids"] for p in prompts]
+    texts = decode_completions(tok, gen.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, n=largest_n,
+                                                                     seed=seed)))
+    repeated = [p for p in prompts for _ in range(largest_n)]
+    shape = (len(prompts), largest_n)
+    learnt = torch.tensor(scorer(repeated, texts), dtype=torch.float64).reshape(shape)
+    gold = torch.tensor(gold_reward(repeated, texts), dtype=torch.float64).reshape(shape)
+    ns = [2 ** k for k in range(int(math.log2(largest_n)) + 1)]
+    return best_of_n_points(learnt, gold, ns)
+
+
+def _train_with_checkpoints(trainer, steps, evaluate, run, method, start_point) -> tuple[list[dict], dict]:
+    """Train to ``steps`` in :data:`FRONTIER_CHECKPOINTS` segments (``train(stop_after=...)`` continues the same
+    run), evaluating after each; returns the run's frontier points (the first: the SFT policy it starts from)
+    and the evaluation of the final policy."""
+    every = max(1, math.ceil(steps / FRONTIER_CHECKPOINTS))
+    points = [{**start_point, "run": run, "method": method, "step": 0}]
+    for stop in [*range(every, steps, every), steps]:
+        trainer.train(stop_after=stop if stop < steps else None)
+        row = evaluate()
+        points.append({"run": run, "method": method, "step": stop, "kl": row["kl"], "gold": row["gold"],
+                       "reward": row["learnt_reward"]})
+    return points, row
+
+
+FRONTIER_CHECKPOINTS = 6  # evaluations along each PPO and DPO run (plus the SFT start)
+
+
+def _run_dir(method: str, beta: float, headline: float) -> str:
+    """The run's directory under the quickstart's: ``ppo`` / ``dpo`` for the configured beta, ``ppo_no_kl``,
+    ``ppo_beta0.05``..."""
+    if beta == headline:
+        return method
+    return f"{method}_no_kl" if beta == 0 else f"{method}_beta{beta:g}"
 
 
 def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
@@ -175,32 +225,50 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     rm_accuracy = rm_trainer.evaluate().get("eval/accuracy", float("nan"))
     scorer = RewardModelScorer(rm, tok)
 
-    log(f"[4/4] PPO against the learnt reward ({cfg.ppo_steps} steps, beta {cfg.kl_coef}, and beta 0); "
-        "DPO on the same pairs")
-    train_prompts = _prompts(rng, 256)
-    ppo = {}
-    for name, beta in (("PPO", cfg.kl_coef), ("PPO, no KL", 0.0)):
-        ppo[name] = copy.deepcopy(sft_policy)
-        PPOTrainer(PPOConfig(output_dir=str(out / ("ppo" if beta else "ppo_no_kl")), max_steps=cfg.ppo_steps,
-                             prompts_per_step=16, samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens,
-                             learning_rate=3e-3, kl_coef=beta, update_epochs=2, num_minibatches=2, **common),
-                   ppo[name], tok, train_prompts, scorer, reference=make_reference(sft_policy)).train()
-    dpo_policy = copy.deepcopy(sft_policy)
-    DPOTrainer(DPOConfig(output_dir=str(out / "dpo"), batch_size=32, max_steps=cfg.dpo_steps, learning_rate=3e-3,
-                         beta=0.1, **offline), dpo_policy, pref[:split], tokenizer=tok).train()
-
     eval_prompts = _prompts(random.Random(cfg.seed + 1), cfg.eval_prompts)
     reference = make_reference(sft_policy)
-    table = {name: _evaluate(model, tok, eval_prompts, scorer, reference, cfg.max_new_tokens, cfg.seed + 2)
-             for name, model in (("SFT", sft_policy), *ppo.items(), ("DPO", dpo_policy))}
-    result = {"table": table, "reward_model_accuracy": rm_accuracy, "pairs": len(pref),
-              "seconds": time.perf_counter() - start}
+
+    def evaluator(model):
+        return lambda: _evaluate(model, tok, eval_prompts, scorer, reference, cfg.max_new_tokens, cfg.seed + 2)
+
+    sft_row = evaluator(sft_policy)()
+    start_point = {"kl": 0.0, "gold": sft_row["gold"], "reward": sft_row["learnt_reward"]}
+    ppo_betas = (cfg.kl_coef / 4, cfg.kl_coef, cfg.kl_coef * 2.5, 0.0) if cfg.frontier else (cfg.kl_coef, 0.0)
+    dpo_betas = (cfg.dpo_beta / 4, cfg.dpo_beta, cfg.dpo_beta * 4) if cfg.frontier else (cfg.dpo_beta,)
+    log(f"[4/4] PPO against the learnt reward ({cfg.ppo_steps} steps at beta "
+        f"{', '.join(f'{b:g}' for b in ppo_betas)}), DPO on the same pairs (beta "
+        f"{', '.join(f'{b:g}' for b in dpo_betas)}), Best-of-N up to 64: the reward-KL frontier")
+    train_prompts = _prompts(rng, 256)
+    table, frontier, runs = {"SFT": sft_row}, [], {"SFT": "sft", "Reward model": "reward"}
+    for beta in ppo_betas:
+        name = f"PPO β={beta:g}" if beta else "PPO, no KL"
+        runs[name] = _run_dir("ppo", beta, cfg.kl_coef)
+        policy = copy.deepcopy(sft_policy)
+        trainer = PPOTrainer(PPOConfig(output_dir=str(out / runs[name]), max_steps=cfg.ppo_steps, prompts_per_step=16,
+                                       samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens, learning_rate=3e-3,
+                                       kl_coef=beta, update_epochs=2, num_minibatches=2, **common),
+                             policy, tok, train_prompts, scorer, reference=make_reference(sft_policy))
+        points, table[name] = _train_with_checkpoints(trainer, cfg.ppo_steps, evaluator(policy), name,
+                                                      "PPO" if beta else "PPO, no KL", start_point)
+        frontier += points
+    for beta in dpo_betas:
+        name = f"DPO β={beta:g}"
+        runs[name] = _run_dir("dpo", beta, cfg.dpo_beta)
+        policy = copy.deepcopy(sft_policy)
+        trainer = DPOTrainer(DPOConfig(output_dir=str(out / runs[name]), batch_size=32, max_steps=cfg.dpo_steps,
+                                       learning_rate=3e-3, beta=beta, **offline), policy, pref[:split], tokenizer=tok)
+        points, table[name] = _train_with_checkpoints(trainer, cfg.dpo_steps, evaluator(policy), name, "DPO",
+                                                      start_point)
+        frontier += points
+    frontier += _best_of_n_frontier(sft_policy, tok, eval_prompts, scorer, cfg.max_new_tokens, cfg.seed + 3)
+    result = {"table": table, "frontier": frontier, "runs": runs, "reward_model_accuracy": rm_accuracy,
+              "pairs": len(pref), "seconds": time.perf_counter() - start}
     log("")
-    log(f"{'policy':<12}{'gold score':>12}{'learnt reward':>15}{'KL to SFT':>12}")
+    log(f"{'policy':<16}{'gold score':>12}{'learnt reward':>15}{'KL to SFT':>12}")
     for name, row in table.items():
-        log(f"{name:<12}{row['gold']:>12.3f}{row['learnt_reward']:>15.3f}{row['kl']:>12.3f}")
+        log(f"{name:<16}{row['gold']:>12.3f}{row['learnt_reward']:>15.3f}{row['kl']:>12.3f}")
     log(f"reward model held-out accuracy: {rm_accuracy:.2f} on {len(pref) - split} gold-labelled pairs")
-    for name in ("SFT", "PPO"):
+    for name in ("SFT", f"PPO β={cfg.kl_coef:g}"):
         log(f"\n{name} samples:")
         for prompt, completion in table[name]["samples"]:
             log(f"  {prompt!r} -> {completion!r}")
@@ -209,30 +277,52 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     return result
 
 
-STAGES = (("sft", "SFT"), ("reward", "Reward model"), ("ppo", "PPO (KL penalty)"), ("ppo_no_kl", "PPO, no KL"),
-          ("dpo", "DPO"))
+def _checkpoint_records(frontier: list[dict], run: str) -> list[dict]:
+    """A run's frontier points as metrics records ``{"step", "eval/gold", "eval/learnt_reward", "eval/kl"}``."""
+    return [{"step": p["step"], "eval/gold": p["gold"], "eval/learnt_reward": p["reward"], "eval/kl": p["kl"]}
+            for p in frontier if p["run"] == run]
 
 
 def _write_report(out: Path, result: dict, rm_accuracy: float, held_out: int) -> Path:
-    """``<out>/report.html``: the table, samples before/after, the PPO curves, links to each stage's report."""
+    """``<out>/report.html``: the reward-KL frontier, the table, samples, the PPO and DPO curves on shared axes,
+    links to each run's report. ``frontier.jsonl`` holds the frontier's points."""
     import html
+    import json
 
-    from .training.report import html_image, html_table, write_report
+    from .training.frontier import plot_frontier
+    from .training.report import html_image, html_table, plot_comparison, read_metrics, write_report
 
     table = result["table"]
+    with (out / "frontier.jsonl").open("w") as f:
+        f.writelines(json.dumps(point) + "\n" for point in result["frontier"])
+    plot_frontier(result["frontier"], out / "plots" / "frontier.png",
+                  title="Gold score and learnt reward against KL to the SFT policy")
+    sections = [("The reward-KL frontier",
+                 "<p>Each curve is one run, a marker per checkpoint from the SFT policy (KL 0) on; Best-of-N picks "
+                 "the reply the reward model likes best among n samples of the SFT policy (KL: the analytic bound "
+                 "log n - (n-1)/n). Left, the hidden gold scorer; right, the learnt reward the runs optimise. "
+                 "Where a curve keeps rising on the right while it falls on the left, the policy is "
+                 "over-optimising the reward model (Gao et al. 2022).</p>"
+                 + html_image("plots/frontier.png", "reward-KL frontier"))]
     scores = [{"policy": name, "gold score": f"{row['gold']:.3f}", "learnt reward": f"{row['learnt_reward']:.3f}",
-               "KL to SFT": f"{row['kl']:.3f}"} for name, row in table.items()]
-    sections = [("Gold score, learnt reward and KL to the SFT policy",
-                 html_table(scores) + f"<p>reward model held-out accuracy {rm_accuracy:.2f} on {held_out} "
-                                      "gold-labelled pairs</p>")]
+               "KL to SFT (nats)": f"{row['kl']:.3f}"} for name, row in table.items()]
+    sections.append(("Final policies: gold score, learnt reward and KL to the SFT policy",
+                     html_table(scores) + f"<p>reward model held-out accuracy {rm_accuracy:.2f} on {held_out} "
+                                          "gold-labelled pairs</p>"))
     samples = [{"policy": name, "prompt": p, "completion": c} for name in table for p, c in table[name]["samples"]]
     sections.append(("Sample completions", html_table(samples)))
-    for stage, title in STAGES[2:4]:
-        for plot in ("score", "kl"):
-            if (out / stage / "plots" / f"{plot}.png").exists():
-                sections.append((f"{title}: {plot}", html_image(f"{stage}/plots/{plot}.png", f"{title} {plot}")))
-    links = "".join(f"<li><a href='{stage}/report.html'>{html.escape(title)}</a></li>" for stage, title in STAGES
-                    if (out / stage / "report.html").exists())
-    sections.append(("Reports of each stage", f"<ul>{links}</ul>"))
+    curves = {"PPO runs": ("PPO", "eval/gold", "eval/learnt_reward", "eval/kl", "score", "kl", "response_length"),
+              "DPO runs": ("DPO", "eval/gold", "eval/learnt_reward", "eval/kl", "loss", "rewards/accuracy",
+                           "rewards/margin")}
+    for title, (method, *keys) in curves.items():
+        series = {name: read_metrics(out / d / "metrics.jsonl") + _checkpoint_records(result["frontier"], name)
+                  for name, d in result["runs"].items() if name.startswith(method)}
+        png = plot_comparison(series, keys, out / "plots" / f"{method.lower()}_runs.png",
+                              title=f"{title}: held-out evaluation at each checkpoint (eval/) and training metrics")
+        if png is not None:
+            sections.append((f"{title} on shared axes", html_image(png.relative_to(out).as_posix(), title)))
+    links = "".join(f"<li><a href='{d}/report.html'>{html.escape(name)}</a></li>" for name, d in result["runs"].items()
+                    if (out / d / "report.html").exists())
+    sections.append(("Reports of each run", f"<ul>{links}</ul>"))
     return write_report(out, title="alignkit quickstart", sections=sections,
                         summary={"seconds": round(result["seconds"], 1), "preference pairs": result["pairs"]})

@@ -119,7 +119,9 @@ COMMANDS: tuple[Command, ...] = (
              "the 10-armed testbed: epsilon-greedy, optimistic, UCB, gradient bandits over many runs"),
     _classic("gym", "alignkit.classic.gym_runner", "GymConfig", "run_gym",
              "REINFORCE, A2C, Q actor-critic, PPO, TRPO, behaviour cloning, preference-based PPO on gymnasium"),
-    Command("report", lambda: ReportJob, "(re)write a run directory's report.html: alignkit report RUN_DIR",
+    Command("report", lambda: ReportJob,
+            "(re)write a run's report.html: alignkit report RUN_DIR; compare runs: alignkit report RUN_A RUN_B "
+            "output_dir=DIR",
             runners.run_report, positional="run_dir", check=None, fresh_run_dir=False),
     Command("quickstart", _quickstart_config,
             "the built-in pipeline: SFT -> reward model -> PPO (and DPO), minutes on a CPU", runners.run_quickstart,

@@ -90,13 +90,29 @@ class GenerateJob(ModelJob, PromptsJob, OutputJob, SeedConfig, SamplingConfig):
 @dataclass
 class ReportJob:
     run_dir: str = option("", "the run directory whose report.html (and plots) to (re)write from metrics.jsonl, "
-                              "samples.jsonl and the saved config (required)")
+                              "samples.jsonl and the saved config (required); several, comma-separated or as "
+                              "bare arguments, write one report comparing them in output_dir", many=True)
+    output_dir: str = option("", "where the comparison of several runs goes (required with several run_dir)")
+
+    def run_dirs(self) -> list[str]:
+        """The run directories named, in order."""
+        return [d for d in self.run_dir.split(",") if d]
 
     def validate(self) -> None:
-        if not self.run_dir:
-            raise UsageError("run_dir: required (alignkit report RUN_DIR)")
-        if not Path(self.run_dir).is_dir():
-            raise UsageError(f"no such run directory {self.run_dir!r}")
+        dirs = self.run_dirs()
+        if not dirs:
+            raise UsageError("run_dir: required (alignkit report RUN_DIR [RUN_DIR ...])")
+        for d in dirs:
+            if not Path(d).is_dir():
+                raise UsageError(f"no such run directory {d!r}")
+        if len(set(dirs)) < len(dirs):
+            raise UsageError(f"run_dir: a directory is named twice in {self.run_dir!r}")
+        if len(dirs) > 1 and not self.output_dir:
+            raise UsageError("output_dir: required to compare several runs (alignkit report RUN_A RUN_B "
+                             "output_dir=DIR)")
+        if len(dirs) > 1 and Path(self.output_dir).resolve() in {Path(d).resolve() for d in dirs}:
+            raise UsageError(f"output_dir: {self.output_dir!r} is one of the runs compared; name a directory of "
+                             "its own")
 
 
 @dataclass

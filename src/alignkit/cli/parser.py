@@ -63,9 +63,11 @@ def unknown_key(command: str, key: str, known: list[str]) -> UsageError:
     return UsageError(f"unknown key {key!r} for '{command}'{hint} (see: alignkit {command} --help)")
 
 
-def split_arguments(command: str, argv: list[str], positional: str = "") -> tuple[str | None, dict[str, str]]:
+def split_arguments(command: str, argv: list[str], positional: str = "",
+                    many: bool = False) -> tuple[str | None, dict[str, str]]:
     """``(preset path or None, {key: raw value})`` from ``[--config FILE] [key=value ...]``; a bare argument
-    sets the ``positional`` field, when the command has one (``alignkit report RUN_DIR``)."""
+    sets the ``positional`` field, when the command has one (``alignkit report RUN_DIR``); with ``many``, further
+    bare arguments are added to it, comma-separated (``alignkit report RUN_A RUN_B`` = ``run_dir=RUN_A,RUN_B``)."""
     preset, overrides = None, {}
     it = iter(argv)
     for arg in it:
@@ -80,6 +82,8 @@ def split_arguments(command: str, argv: list[str], positional: str = "") -> tupl
             overrides[key] = value
         elif positional and not arg.startswith("-") and positional not in overrides:
             overrides[positional] = arg
+        elif positional and many and not arg.startswith("-"):
+            overrides[positional] += "," + arg
         else:
             raise UsageError(f"unexpected argument {arg!r}: options are key=value (see: alignkit {command} --help)")
     return preset, overrides
@@ -115,7 +119,8 @@ def build_config(command: str, cls: type, argv: list[str], positional: str = "",
     takes one); raises UsageError. ``fill(given)`` returns values for options the user did not give (``given``:
     the options set by the preset or the command line)."""
     spec = {f.name: f for f in fields(cls)}
-    preset, overrides = split_arguments(command, argv, positional)
+    preset, overrides = split_arguments(command, argv, positional,
+                                        many=bool(positional and spec[positional].metadata.get("many")))
     values: dict[str, Any] = read_preset(command, preset) if preset is not None else {}
     values.update(overrides)
     resolved = {}

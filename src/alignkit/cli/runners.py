@@ -198,11 +198,15 @@ def run_classic(load_runner, name: str, config) -> None:
 
 
 def run_report(name: str, config) -> None:
-    """``alignkit report RUN_DIR``: (re)write report.html of a run, e.g. one that was stopped early."""
+    """``alignkit report RUN_DIR``: (re)write report.html of a run, e.g. one that was stopped early;
+    ``alignkit report RUN_A RUN_B ... output_dir=DIR``: one page comparing them (the reward-KL frontier, shared
+    axes)."""
+    from ..training.compare import write_comparison
     from ..training.report import write_report
 
+    dirs = config.run_dirs()
     try:
-        print(write_report(Path(config.run_dir)))
+        print(write_report(Path(dirs[0])) if len(dirs) == 1 else write_comparison(dirs, config.output_dir))
     except ValueError as e:  # a corrupt metrics.jsonl line, named with its number
         raise UsageError(str(e)) from None
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .metrics import read_jsonl as _read_jsonl
 
-__all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "metric_series", "plot_metrics", "write_report",
-           "append_samples", "html_table", "html_image"]
+__all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "metric_series", "group_of", "plot_metrics",
+           "plot_comparison", "smooth", "axis_label", "write_report", "append_samples", "html_table", "html_image"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,54 @@ def metric_series(records: list[dict]) -> dict[str, tuple[list[float], list[floa
     return series
 
 
-def _group_of(key: str) -> str | None:
+def group_of(key: str) -> str | None:
     for group in PLOT_GROUPS:
         if re.search(group.pattern, key):
             return group.name
     return None
+
+
+# units of the y axis, by metric name (first match wins); metrics not listed are in their own units
+_UNITS = ((r"(^|[/_])(kl|approx_kl)$|non_score_reward", "nats"), (r"^time/", "s"),
+          (r"response_length|tokens", "tokens"), (r"accuracy|eos_rate|clipfrac|fraction|rate$", "fraction"),
+          (r"entropy", "nats per token"))
+
+
+def axis_label(key: str) -> str:
+    """The y-axis label of a metric: its name and unit, e.g. ``"kl (nats)"``, ``"time/generate (s)"``."""
+    for pattern, unit in _UNITS:
+        if re.search(pattern, key):
+            return f"{key} ({unit})"
+    return key
+
+
+def smooth(values: Sequence[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing: s_t = m_t / (1 - w^t), m_t = w m_{t-1} + (1-w) y_t,
+    so the first point is the first value (no pull toward 0)."""
+    out, m = [], 0.0
+    for t, y in enumerate(values, start=1):
+        m = weight * m + (1 - weight) * y
+        out.append(m / (1 - weight ** t))
+    return out
+
+
+SMOOTH_FROM = 12  # curves with at least this many points are drawn smoothed, the raw values faint behind
+
+
+def _draw(ax, xs, ys, label=None, colour=None) -> None:
+    """One curve: a marker per point when there are few; else the smoothed line over the raw one (faint)."""
+    if len(xs) < 3:
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=colour, label=label)
+    elif len(xs) < SMOOTH_FROM:
+        ax.plot(xs, ys, linewidth=1.5, color=colour, label=label)
+    else:
+        raw, = ax.plot(xs, ys, linewidth=0.8, alpha=0.25, color=colour)
+        ax.plot(xs, smooth(ys), linewidth=1.6, color=raw.get_color(), label=label)
+
+
+def _finite(xs, ys):
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: str | Path,
@@ -110,21 +153,23 @@ def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: s
 
     ``series``: ``{key: (steps, values)}`` from :func:`metric_series`.
 
-    A group's figure has one small panel per metric (at most ``max_panels``: the first ones logged). Series
-    with a single point are drawn as a marker. Non-finite points are left out of the line (they stay in
-    metrics.jsonl).
+    A group's figure has one small panel per metric (at most ``max_panels``: the first ones logged), its y axis
+    labelled with the metric's unit (:func:`axis_label`); a metric constant over two or more steps gets no panel
+    (the report's table shows its value). Series with fewer than 3 points are drawn as markers,
+    series of :data:`SMOOTH_FROM` points or more smoothed (:func:`smooth`) with the raw values faint behind.
+    Non-finite points are left out of the line (they stay in metrics.jsonl).
     """
     from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
     plot_dir = Path(plot_dir)
     grouped: dict[str, list[tuple[str, list[float], list[float]]]] = {}
     for key, (xs, ys) in series.items():
-        name = _group_of(key)
+        name = group_of(key)
         if name is None:
             continue
-        finite = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
-        if finite:
-            grouped.setdefault(name, []).append((key, [p[0] for p in finite], [p[1] for p in finite]))
+        xs, ys = _finite(xs, ys)
+        if xs and (len(ys) == 1 or min(ys) != max(ys)):  # a constant (a fixed kl_coef) is in the table, not a plot
+            grouped.setdefault(name, []).append((key, xs, ys))
     written = []
     for group in sorted(PLOT_GROUPS, key=lambda g: g.order):
         panels = grouped.get(group.name, [])[:max_panels]
@@ -132,14 +177,12 @@ def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: s
             continue
         cols = min(3, len(panels))
         rows = math.ceil(len(panels) / cols)
-        fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+        fig = Figure(figsize=(4.2 * cols, 2.9 * rows))
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (key, xs, ys) in zip(axes.flat, panels, strict=False):
-            ax.plot(xs, ys, marker="o" if len(xs) < 3 else None, linewidth=1.5, markersize=3)
+            _draw(ax, xs, ys)
             ax.set_title(key, fontsize=10)
-            ax.set_xlabel("step", fontsize=8)
-            ax.tick_params(labelsize=8)
-            ax.grid(alpha=0.3)
+            _label_axes(ax, "step", axis_label(key))
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         fig.suptitle(group.title, fontsize=12)
@@ -149,6 +192,52 @@ def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: s
         fig.savefig(path, dpi=80)
         written.append((group, path))
     return written
+
+
+def _label_axes(ax, x: str, y: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 1.25 ticks
+    ax.set_xlabel(x, fontsize=8)
+    ax.set_ylabel(y, fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_comparison(runs: dict[str, list[dict]], keys: Sequence[str], path: str | Path,
+                    title: str = "Runs compared") -> Path | None:
+    """Several runs on shared axes: one panel per metric in ``keys`` that any run logged, one line per run (same
+    colour in every panel), all panels on one step axis. ``runs``: ``{label: metrics records}`` (from
+    :func:`read_metrics`). Returns the PNG path, or None when no run logged any of ``keys``."""
+    from matplotlib.figure import Figure
+
+    series = {label: metric_series(records) for label, records in runs.items()}
+    keys = [k for k in keys if any(k in s for s in series.values())]
+    if not keys:
+        return None
+    cols = min(2, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(5.6 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    colours = [f"C{i % 10}" for i in range(len(series))]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for colour, (label, s) in zip(colours, series.items(), strict=True):
+            if key in s:
+                xs, ys = _finite(*s[key])
+                if xs:
+                    _draw(ax, xs, ys, label=label, colour=colour)
+        ax.set_title(key, fontsize=10)
+        _label_axes(ax, "step", axis_label(key))
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel keeps its step ticks (the last row may be short)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path
 
 
 def _config(run_dir: Path) -> dict:
@@ -186,7 +275,7 @@ def _fmt(value) -> str:
 
 def _summary_rows(series: dict[str, tuple[list[float], list[float]]]) -> list[dict]:
     """First and last logged value of the headline metrics."""
-    keys = [k for k in series if _group_of(k) in ("score", "kl", "losses", "length")]
+    keys = [k for k in series if group_of(k) in ("score", "kl", "losses", "length")]
     return [{"metric": k, "first": series[k][1][0], "last": series[k][1][-1], "steps": int(series[k][0][-1])}
             for k in keys]
 
