@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.common import NOISY_FRACTION, contention, cpu_snapshot, machine_info, write_json
 
 SUITES = {"core": "benchmarks.core", "generation": "benchmarks.generation", "training": "benchmarks.training",
+          "training_long": "benchmarks.training_long",
           "online": "benchmarks.online", "classic": "benchmarks.classic",
           "generation_real": "benchmarks.generation_real", "online_real": "benchmarks.online_real"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

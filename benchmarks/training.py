@@ -57,7 +57,7 @@ def build_trainer(kind: str, dtype: str, hidden: int, out_dir: str):
 
 
 def _step_fn(trainer):
-    return lambda: trainer.train_step(trainer.batcher.next_batch())
+    return trainer.training_step
 
 
 def memory_probe(kind: str, dtype: str, hidden: int):

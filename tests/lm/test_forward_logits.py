@@ -54,3 +54,39 @@ def test_response_logprobs_match_a_full_forward_reference():
         expected = logp_full[:, 4:-1].gather(-1, response[..., None]).squeeze(-1) * response_mask
         got = response_logprobs(lm, prompt, prompt_mask, response, response_mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_right_padded_batches_drop_the_mask_and_give_the_same_outputs_at_real_tokens():
+    from alignkit.models import RewardModel
+    from alignkit.models.forward import causal_mask_or_none
+
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    holes = torch.tensor([[1, 0, 1, 1]])
+    assert causal_mask_or_none(right) is None and causal_mask_or_none(torch.ones(2, 3)) is None
+    assert causal_mask_or_none(left) is left and causal_mask_or_none(holes) is holes
+    assert causal_mask_or_none(None) is None
+    lm = build_tiny_llama(seed=0, vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    ids = torch.randint(3, 64, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    mask[1, 3:] = 0  # right padding of different lengths
+    real = mask.bool()
+    with torch.no_grad():
+        with_mask = lm(input_ids=ids, attention_mask=mask).logits  # what the forward gave before
+        dropped = forward_logits(lm, ids, mask)
+        torch.testing.assert_close(dropped[real], with_mask[real], atol=2e-5, rtol=0)
+        rm = RewardModel.from_causal_lm(lm, pad_token_id=0)
+        hidden = rm.trunk(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(rm.hidden_states(ids, mask)[real], hidden[real], atol=2e-5, rtol=0)
+
+
+def test_next_tokens_scores_like_the_shifted_slice():
+    from alignkit.core.logprobs import token_logprobs
+    from alignkit.models.forward import next_tokens
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
+    assert next_tokens(ids)[:, :-1].equal(ids[:, 1:])
+    torch.testing.assert_close(token_logprobs(logits, next_tokens(ids))[:, :-1],
+                               token_logprobs(logits[:, :-1], ids[:, 1:]))

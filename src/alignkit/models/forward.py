@@ -23,8 +23,8 @@ from torch import nn
 
 from ..core.logprobs import token_logprobs
 
-__all__ = ["concat_sequences", "forward_logits", "model_logits", "position_ids_from_mask", "response_logprobs",
-           "response_token_logits", "response_values"]
+__all__ = ["causal_mask_or_none", "concat_sequences", "forward_logits", "model_logits", "next_tokens",
+           "position_ids_from_mask", "response_logprobs", "response_token_logits", "response_values"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,36 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
         ``[B, T]`` long tensor.
     """
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def causal_mask_or_none(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The attention mask to give a causal LM: None when no row has a real token after a padding one (no
+    padding, or right padding only), else ``attention_mask`` itself.
+
+    Under a causal mask a real token attends only to earlier positions, so padding *after* every real token
+    changes nothing at real positions: the causal mask alone gives the same outputs there (padding positions'
+    outputs differ; callers never read them). Without an explicit mask, transformers' SDPA attention runs with
+    ``is_causal`` and PyTorch's fused (flash) kernel instead of building a ``[B, 1, T, T]`` mask and running the
+    unfused path that materialises ``[B, H, T, T]`` attention weights: on the tiny model at batch 16 pairs and
+    1,024 tokens, a reward-model step peaks much lower (see benchmarks/training.py, long-sequence rows).
+
+    Args:
+        attention_mask: ``[B, T]`` (1 = real token) or None.
+    """
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):  # a real token after padding: left padding or holes
+        return attention_mask
+    return None
+
+
+def next_tokens(input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T] -> [B, T]``: the token each position predicts, ``input_ids[:, t + 1]``; the last column (which
+    predicts nothing) holds a valid placeholder id. ``token_logprobs(logits, next_tokens(ids))[:, :-1]`` equals
+    ``token_logprobs(logits[:, :-1], ids[:, 1:])`` without copying the ``[B, T-1, V]`` slice of the logits (and
+    of their gradient)."""
+    return torch.roll(input_ids, shifts=-1, dims=1)
 
 
 @lru_cache(maxsize=64)
@@ -63,8 +93,8 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     base = getattr(model, "module", model)  # a DDP / FSDP wrapper: its module's forward is what runs
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     kwargs = {"logits_to_keep": keep_last} if keep_last > 0 and _takes_logits_to_keep(type(base)) else {}
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                   **kwargs).logits
+    logits = model(input_ids=input_ids, attention_mask=causal_mask_or_none(attention_mask), position_ids=position_ids,
+                   use_cache=False, **kwargs).logits
     return logits[:, -keep_last:] if keep_last > 0 else logits
 
 

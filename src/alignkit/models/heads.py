@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from .forward import position_ids_from_mask
+from .forward import causal_mask_or_none, position_ids_from_mask
 from .loading import _DTYPE_KWARG, _resolve_dtype, disable_dropout, load_causal_lm, load_pretrained
 from .lora import is_peft_model
 
@@ -159,7 +159,8 @@ class ScalarHeadModel(nn.Module):
         """Final (post-norm) hidden states ``[B, T, d]``; position ids default to real-token counts."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        out = self.trunk(input_ids=input_ids, attention_mask=causal_mask_or_none(attention_mask),
+                         position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.logprobs import token_logprobs
+from ..models.forward import causal_mask_or_none, next_tokens
 from ..rollout import sample_completion_rows
 from ..training import TrainConfig, Trainer, option
 from ..training.config import TokenizeConfig
@@ -79,10 +80,10 @@ class SFTTrainer(Trainer):
             # build a block-diagonal causal mask, so packed examples do not see each other (see pack_sft)
             logits = model(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False).logits
         else:
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=causal_mask_or_none(mask)).logits
         targets = labels[:, 1:]
         valid = targets != IGNORE
-        logp = token_logprobs(logits[:, :-1], targets.clamp(min=0))  # [B, T-1]
+        logp = token_logprobs(logits, next_tokens(labels.clamp(min=0)))[:, :-1]  # [B, T-1], no copy of the logits
         nll_sum = -(logp * valid).sum()
         loss = nll_sum / normalizer
         n_tok = valid.sum()

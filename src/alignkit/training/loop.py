@@ -96,7 +96,10 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         target = target.model
     if not hasattr(target, "gradient_checkpointing_enable"):
         raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.24 names it so (the old is deprecated)
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(target, "enable_input_require_grads") and not any(
             p.requires_grad for p in target.get_input_embeddings().parameters()):
         target.enable_input_require_grads()  # frozen embeddings (LoRA): checkpointed blocks still need grad
