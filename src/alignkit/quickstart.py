@@ -246,7 +246,8 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
         policy = copy.deepcopy(sft_policy)
         trainer = PPOTrainer(PPOConfig(output_dir=str(out / runs[name]), max_steps=cfg.ppo_steps, prompts_per_step=16,
                                        samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens, learning_rate=3e-3,
-                                       kl_coef=beta, update_epochs=2, num_minibatches=2, **common),
+                                       kl_coef=beta, update_epochs=2, num_minibatches=2, chat_template="off",
+                                       **common),  # the task's prompts are bare words, as in its SFT rows
                              policy, tok, train_prompts, scorer, reference=make_reference(sft_policy))
         points, table[name] = _train_with_checkpoints(trainer, cfg.ppo_steps, evaluator(policy), name,
                                                       "PPO" if beta else "PPO, no KL", start_point)

@@ -80,6 +80,48 @@ def test_gsm8k_preset_prompts_are_rendered_by_the_real_chat_template_with_its_sy
     assert expected.count("<|im_start|>") == 3  # system, user, assistant: no default system turn, no extra BOS
 
 
+def test_the_chat_template_is_applied_by_default_to_prompts_sft_rows_and_messages_prompt_files(smol, tmp_path):
+    """Issue 19, finding 1: prompt-only and prompt/completion rows get the chat template by default (auto), a
+    prompt rendered already is not rendered twice, and a prompt file may hold chat turns."""
+    import json
+
+    from alignkit.cli import main
+    from alignkit.data import load_rows, tokenize_sft
+    from alignkit.data.chat import RenderedPrompt
+    from alignkit.rollout import tokenize_prompts
+    from alignkit.trainers import SFTConfig
+
+    out, tok, _ = smol
+    user = [{"role": "user", "content": "What is 2 + 3?"}]
+    rendered = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    cfg = SFTConfig(output_dir=str(tmp_path / "unused"))
+    assert cfg.chat_template == "auto"
+    [example] = tokenize_sft(load_rows([{"prompt": "What is 2 + 3?", "completion": "5"}]), tok, 128,
+                             **{k: v for k, v in cfg.tokenize_kwargs().items() if k != "max_length"})
+    text = tok.decode(example["input_ids"])
+    assert text.startswith(rendered) and text[len(rendered):].startswith("5<|im_end|>")  # a user turn, then a reply
+    assert tok.decode([t for t, y in zip(example["input_ids"], example["labels"], strict=True) if y != -100]) \
+        .startswith("5<|im_end|>")  # the loss is on the reply and its end-of-turn marker
+    # prompts: rendered once under auto, whether given as text, as rendered text or as turns
+    [plain], _ = tokenize_prompts(tok, ["What is 2 + 3?"], chat_template="auto")
+    [again], _ = tokenize_prompts(tok, [rendered], chat_template="auto")
+    [turns], _ = tokenize_prompts(tok, [RenderedPrompt(rendered)], chat_template="on")
+    assert plain == again == turns == tok(rendered, add_special_tokens=False)["input_ids"]
+    # a prompt file with a messages row and a prompt row, through `alignkit generate` with its defaults
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}] + user}) + "\n"
+                       + json.dumps({"prompt": "What is 2 + 3?"}) + "\n")
+    run = tmp_path / "gen"
+    assert main(["generate", f"model={out}", f"prompts_file={prompts}", f"output_dir={run}", "max_new_tokens=4",
+                 "greedy=true"]) == 0
+    rows = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")  # the turns, rendered
+    assert rows[1]["prompt"] == "What is 2 + 3?"  # a prompt row is kept as written (rendered when sampled)
+    assert all(r["completion"].strip() for r in rows)  # the chat model answers instead of ending its turn at once
+    assert main(["generate", f"model={out}", f"prompts_file={prompts}", f"output_dir={tmp_path / 'off'}",
+                 "chat_template=off"]) == 2  # turns cannot be sampled from as plain text
+
+
 def test_greedy_generation_is_token_identical_to_transformers_generate(smol):
     from alignkit.generation import KVCacheGenerator, SamplingParams
 

@@ -46,12 +46,27 @@ def load_offline_rows(config):
     return train, held_out
 
 
-def load_prompt_rows(config):
-    """(rows, prompt strings, extra columns) of a job's prompt file."""
-    from ..data import load_rows
+def load_prompt_rows(config, tok):
+    """(rows, prompt strings, extra columns) of a job's prompt file: ``{"prompt"}`` rows, or ``{"messages"}``
+    rows ending with a turn for the model to answer, rendered here with the chat template's generation prompt
+    (:func:`alignkit.data.chat.render_chat_prompt`; every later step takes them as rendered)."""
+    from ..data import DataError, load_rows
+    from ..data.chat import render_chat_prompt
 
     rows = load_rows(config.prompts_file, skip_invalid=False)
-    return rows, [r["prompt"] for r in rows], prompt_columns(rows)
+    prompts = []
+    for i, row in enumerate(rows):
+        if "prompt" in row:
+            prompts.append(row["prompt"])
+            continue
+        if "messages" not in row:
+            raise DataError(f"has neither a 'prompt' nor a 'messages' column (a {rows.format} row)",
+                            location=rows.where(i))
+        try:
+            prompts.append(render_chat_prompt(row["messages"], tok, config.chat_template, config.system_prompt))
+        except ValueError as e:
+            raise DataError(str(e), location=rows.where(i), field="messages") from None
+    return rows, prompts, prompt_columns(rows)
 
 
 def prompt_columns(rows) -> dict[str, list]:
@@ -60,7 +75,7 @@ def prompt_columns(rows) -> dict[str, list]:
     first such row (a reward would otherwise get ``None`` there and score it silently)."""
     from ..data import DataError
 
-    names = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in ("prompt", "messages")))
     for name in names:
         missing = [i for i, r in enumerate(rows) if name not in r]
         if missing:
@@ -70,12 +85,12 @@ def prompt_columns(rows) -> dict[str, list]:
     return {name: [r[name] for r in rows] for name in names}
 
 
-def prompt_lengths(tok, rows, config) -> list[int]:
+def prompt_lengths(tok, prompts, config) -> list[int]:
     """Tokens of every prompt of the file, rendered as it will be sampled from, before any cut (one pass over
     the file, found before the model loads)."""
     from ..rollout import tokenize_prompts
 
-    ids, _ = tokenize_prompts(tok, [r["prompt"] for r in rows], **{**config.prompt_kwargs(), "max_prompt_length": None})
+    ids, _ = tokenize_prompts(tok, prompts, **{**config.prompt_kwargs(), "max_prompt_length": None})
     return [len(x) for x in ids]
 
 

@@ -21,6 +21,7 @@ from .inputs import (
     load_tokenizer_for,
     model_context,
     prompt_lengths,
+    quiet_transformers,
     reward_source,
 )
 from .jobs import project
@@ -84,9 +85,9 @@ def run_offline(name: str, config) -> None:
 def _load_online(config):
     """(tokenizer, policy, prompts, columns) of a job that samples from prompts."""
     check_run_directory(config)
-    rows, prompts, columns = load_prompt_rows(config)
     tok = load_tokenizer_for(config)
-    lengths = prompt_lengths(tok, rows, config)
+    rows, prompts, columns = load_prompt_rows(config, tok)
+    lengths = prompt_lengths(tok, prompts, config)
     check_prompt_truncation(lengths, rows, config)  # before the model loads: errors in the data come first
     policy = load_policy(config, tok)
     check_prompts_fit_context(lengths, rows, config, model_context(policy))
@@ -215,6 +216,7 @@ def run_quickstart(name: str, config) -> None:
     """``alignkit quickstart``: the built-in SFT -> reward model -> PPO / DPO pipeline."""
     from ..quickstart import run_quickstart as pipeline
 
+    quiet_transformers()  # no "Writing model shards" bar after every stage
     pipeline(config)
 
 

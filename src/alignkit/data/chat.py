@@ -28,6 +28,10 @@ from .errors import DataError
 
 __all__ = [
     "CHAT_TEMPLATE_MODES",
+    "RenderedPrompt",
+    "looks_rendered",
+    "render_chat_prompt",
+    "render_prompt_completion",
     "DEFAULT_MESSAGE_FORMAT",
     "DEFAULT_GENERATION_PROMPT",
     "render_messages",
@@ -87,24 +91,24 @@ def split_messages(messages: Sequence[dict], tokenizer=None) -> tuple[str, str]:
     return prompt, completion
 
 
-def render_prompt(prompt: str, tokenizer, chat_template: str = "off", system_prompt: str = "") -> tuple[str, bool]:
-    """A prompt as the text the model is sampled from: ``(text, rendered_with_a_template)``.
+class RenderedPrompt(str):
+    """A prompt already rendered by a chat template (e.g. from a ``messages`` prompt row): :func:`render_prompt`
+    passes it through as is, whatever ``chat_template`` says. It is a ``str`` everywhere else (reward
+    functions, reports)."""
 
-    ``chat_template``:
 
-    * ``"off"``: the prompt as is (base models, or prompts already rendered); ``system_prompt`` must be empty.
-    * ``"on"``: ``[{"role": "system", "content": system_prompt}]`` (when given) and ``{"role": "user",
-      "content": prompt}``, rendered by the tokenizer's chat template with the generation prompt; a
-      tokenizer without a template is an error.
-    * ``"auto"``: ``"on"`` when the tokenizer has a chat template, else ``"off"`` (then a ``system_prompt``
-      is an error: it would be silently dropped).
+def looks_rendered(text: str, tokenizer) -> bool:
+    """Whether ``text`` already holds a special token the tokenizer's chat template writes (``<|im_start|>``,
+    a BOS or EOS text...): such a prompt was rendered before and is not rendered again."""
+    specials = set(getattr(tokenizer, "additional_special_tokens", None) or [])
+    specials |= {getattr(tokenizer, name, None) for name in ("bos_token", "eos_token")}
+    specials -= {None, "", getattr(tokenizer, "pad_token", None), getattr(tokenizer, "unk_token", None)}
+    return any(token in text for token in specials)
 
-    Text rendered by a template already holds the special tokens the model expects (BOS where the template
-    writes it): tokenise it with ``add_special_tokens=False``, as TRL does.
 
-    >>> render_prompt("What is 2+2?", None)
-    ('What is 2+2?', False)
-    """
+def _use_template(tokenizer, chat_template: str, system_prompt: str) -> bool:
+    """Whether ``chat_template`` ("off" / "on" / "auto") applies the tokenizer's template; the errors of
+    :func:`render_prompt` for "on" without a template and a system prompt that would be dropped."""
     if chat_template not in CHAT_TEMPLATE_MODES:
         raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_MODES}, got {chat_template!r}")
     has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
@@ -116,7 +120,75 @@ def render_prompt(prompt: str, tokenizer, chat_template: str = "off", system_pro
             raise ValueError("system_prompt is set but no chat template is applied (chat_template="
                              f"{chat_template!r}{'' if has_template else ', and the tokenizer has none'}); "
                              "it would be ignored")
+        return False
+    return True
+
+
+def _with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(messages)
+
+
+def render_chat_prompt(messages: Sequence[dict], tokenizer, chat_template: str = "auto",
+                       system_prompt: str = "") -> RenderedPrompt:
+    """A prompt given as chat turns (a ``messages`` prompt row, its last turn not the assistant's), rendered with
+    the generation prompt. ``system_prompt`` goes first, unless the turns start with their own system turn
+    (then it is an error: one would be dropped). ``chat_template=off`` is an error: turns are not text."""
+    if chat_template == "off":
+        raise ValueError("a messages prompt needs a chat template to become text, and chat_template=off")
+    if system_prompt and messages and messages[0].get("role") == "system":
+        raise ValueError("system_prompt is set and the messages start with their own system turn: one would be "
+                         "dropped (leave system_prompt empty, or drop the system turn)")
+    _use_template(tokenizer, "on" if chat_template == "on" else "auto", "")
+    text = render_messages(_with_system(messages, system_prompt), tokenizer, add_generation_prompt=True)
+    return RenderedPrompt(text)
+
+
+def render_prompt_completion(prompt: str, completion: str, tokenizer, chat_template: str = "off",
+                             system_prompt: str = "") -> tuple[str, str, bool]:
+    """An SFT ``{"prompt", "completion"}`` row as the texts the model trains on: ``(prompt, completion,
+    rendered)``. With the template applied (``chat_template`` as in :func:`render_prompt`), the prompt is a user
+    turn (after the system prompt) and the completion the assistant's reply, split as :func:`split_messages`
+    does (the completion ends with the template's end-of-turn marker). A prompt that is already rendered
+    (:class:`RenderedPrompt`, or :func:`looks_rendered`) stays as written."""
+    if not _use_template(tokenizer, chat_template, system_prompt):
+        return prompt, completion, False
+    if isinstance(prompt, RenderedPrompt) or (chat_template == "auto" and looks_rendered(prompt, tokenizer)):
+        return prompt, completion, True
+    messages = _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                            system_prompt)
+    text_prompt, text_completion = split_messages(messages, tokenizer)
+    return text_prompt, text_completion, True
+
+
+def render_prompt(prompt: str, tokenizer, chat_template: str = "off", system_prompt: str = "") -> tuple[str, bool]:
+    """A prompt as the text the model is sampled from: ``(text, rendered_with_a_template)``.
+
+    ``chat_template``:
+
+    * ``"off"``: the prompt as is (base models, or prompts already rendered); ``system_prompt`` must be empty.
+    * ``"on"``: ``[{"role": "system", "content": system_prompt}]`` (when given) and ``{"role": "user",
+      "content": prompt}``, rendered by the tokenizer's chat template with the generation prompt; a
+      tokenizer without a template is an error.
+    * ``"auto"``: ``"on"`` when the tokenizer has a chat template and the prompt is not already rendered (it
+      holds none of the template's special tokens, :func:`looks_rendered`), else as is (then a
+      ``system_prompt`` is an error: it would be silently dropped).
+
+    A :class:`RenderedPrompt` (a ``messages`` prompt row, rendered on loading) is returned as is.
+
+    Text rendered by a template already holds the special tokens the model expects (BOS where the template
+    writes it): tokenise it with ``add_special_tokens=False``, as TRL does.
+
+    >>> render_prompt("What is 2+2?", None)
+    ('What is 2+2?', False)
+    """
+    if isinstance(prompt, RenderedPrompt):
+        return prompt, True
+    if not _use_template(tokenizer, chat_template, system_prompt):
         return prompt, False
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": prompt}]
+    if chat_template == "auto" and looks_rendered(prompt, tokenizer):
+        if system_prompt:
+            raise ValueError(f"system_prompt is set but the prompt is already rendered (it holds the template's "
+                             f"special tokens): {prompt[:60]!r}...")
+        return prompt, True
+    messages = _with_system([{"role": "user", "content": prompt}], system_prompt)
     return render_messages(messages, tokenizer, add_generation_prompt=True), True

@@ -13,6 +13,8 @@ hh_rlhf             ``{"chosen", "rejected"}``: full             ``{"prompt", "c
 prompt              ``{"prompt": str, ...}``                     the same (for RL; other columns go to the
                                                                 reward function)
 gsm8k               ``{"question", "answer": "... #### 18"}``    ``{"prompt": question, "answer": answer}``
+chat_prompt         ``{"messages": [...], ...}`` whose last       the same (validated; for RL: rendered with
+                    turn is not the assistant's                  the generation prompt when loaded)
 ==================  ==========================================  ==========================================
 
 Other columns are carried through unchanged in every format (an ``id``, a ``source``, the reference
@@ -29,7 +31,8 @@ Auto-detection (:func:`detect_format`) looks at the keys of one row: a format ma
 required columns are present (:data:`REQUIRED_COLUMNS`); among the matches, one whose columns are a
 strict subset of another match's is dropped (``{"prompt", "completion"}`` is prompt_completion, not
 prompt). Exactly one must remain, otherwise the keys are ambiguous or unknown and the error lists them
-with the valid formats: pass ``format=`` then.
+with the valid formats: pass ``format=`` then. ``messages`` and ``chat_prompt`` rows have the same key; the
+role of the last turn tells them apart (:func:`detect_row_format`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ __all__ = [
     "validate_messages",
 ]
 
-FORMATS: tuple[str, ...] = ("prompt_completion", "messages", "preference", "hh_rlhf", "prompt", "gsm8k")
+FORMATS: tuple[str, ...] = ("prompt_completion", "messages", "preference", "hh_rlhf", "prompt", "gsm8k",
+                           "chat_prompt")
 
 REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     "prompt_completion": frozenset({"prompt", "completion"}),
@@ -89,6 +93,40 @@ def detect_format(keys) -> str:
         f"cannot detect the format from the keys {sorted(keys)}: {why}; valid formats (required columns): "
         f"{_describe_formats()}; pass format=..."
     )
+
+
+def detect_row_format(row: Mapping) -> str:
+    """:func:`detect_format` of the row's keys, then ``messages`` rows whose last turn is not the assistant's
+    are ``chat_prompt`` rows (a prompt for sampling, not an SFT example).
+
+    >>> detect_row_format({"messages": [{"role": "user", "content": "hi"}]})
+    'chat_prompt'
+    """
+    format = detect_format(row.keys())
+    messages = row.get("messages")
+    if format == "messages" and isinstance(messages, (list, tuple)) and messages \
+            and isinstance(messages[-1], Mapping) and messages[-1].get("role") != "assistant":
+        return "chat_prompt"
+    return format
+
+
+def validate_prompt_messages(messages: Any, field: str = "messages") -> list[dict]:
+    """Check the turns of a chat prompt: at least one ``{"role", "content"}`` dict (both non-blank), the last
+    one not the assistant's (the model writes that). Returns a shallow copy."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise DataError("must be a non-empty list of {'role', 'content'} dicts", field=field)
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise DataError(f"must be a {{'role', 'content'}} dict, got {type(message).__name__}",
+                            field=f"{field}[{i}]")
+        _text(message, "role", f"{field}[{i}].role")
+        _text(message, "content", f"{field}[{i}].content")
+        out.append(dict(message))
+    if out[-1]["role"] == "assistant":
+        raise DataError("the last turn is the assistant's; a prompt ends with a turn the model answers",
+                        field=f"{field}[{len(out) - 1}].role")
+    return out
 
 
 def _text(row: Mapping, key: str, field: str | None = None) -> str:
@@ -221,5 +259,9 @@ def normalize_row(row: Any, format: str) -> dict:
         if at < 0 or not answer[at + 4 :].strip():
             raise DataError("must contain '#### <final answer>' (GSM8K's format)", field="answer")
         return {"prompt": question, "answer": answer, **_rest(row, ("question", "answer"))}
+    if format == "chat_prompt":
+        if "messages" not in row:
+            raise DataError("is missing", field="messages")
+        return {"messages": validate_prompt_messages(row["messages"]), **_rest(row, ("messages",))}
     raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, LocatedList
-from .formats import FORMATS, detect_format, normalize_row
+from .formats import FORMATS, detect_row_format, normalize_row
 
 __all__ = ["Rows", "load_rows", "SUFFIXES"]
 
@@ -185,7 +185,7 @@ def load_rows(
         source: a path (``.jsonl``/``.ndjson``/``.json``, optionally ``.gz``), a list of dicts, or a
             ``datasets.Dataset``.
         format: one of :data:`~alignkit.data.formats.FORMATS`; None detects it from the keys of the first
-            row that is a JSON object (:func:`~alignkit.data.formats.detect_format`).
+            row that is a JSON object (:func:`~alignkit.data.formats.detect_row_format`).
         skip_invalid: drop bad rows (malformed JSON, missing/mistyped/empty fields, identical pairs) and
             count them in ``Rows.skipped``/``Rows.problems`` instead of raising at the first one.
         max_rows: stop once this many rows have been kept (None: read everything). The source is read
@@ -217,7 +217,7 @@ def load_rows(
         seen += 1
         if format is None and isinstance(row, Mapping):
             try:
-                format = detect_format(row.keys())
+                format = detect_row_format(row)
             except DataError as e:  # a whole-source problem: raised even with skip_invalid
                 raise DataError(f"{e.problem} (the keys of the first row)", location=where, source=name,
                                 row=number) from None

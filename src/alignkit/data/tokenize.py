@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .chat import split_messages
+from .chat import render_prompt_completion, split_messages
 from .errors import DataError, LocatedList
 from .formats import normalize_row
 
@@ -208,6 +208,8 @@ def tokenize_sft(
     append_eos: bool = True,
     completion_only_loss: bool = True,
     max_prompt_length: int | None = None,
+    chat_template: str = "off",
+    system_prompt: str = "",
 ) -> Examples:
     """Tokenise prompt/completion or chat-message rows for supervised fine-tuning.
 
@@ -222,6 +224,13 @@ def tokenize_sft(
         append_eos: end each completion with the EOS token.
         completion_only_loss: label prompt tokens -100 (ignored by the loss); False trains on all tokens.
         max_prompt_length: with ``"fit"``, prompts are first cut from the left to this many tokens.
+        chat_template: for ``{"prompt", "completion"}`` rows: ``"auto"`` / ``"on"`` make the prompt a user turn
+            and the completion the assistant's reply of the tokenizer's chat template
+            (:func:`alignkit.data.chat.render_prompt_completion`; ``"auto"`` leaves a prompt that is already
+            rendered as written); ``"off"`` (the default of this function; the CLI's is ``auto``) joins the
+            texts as written. Messages and GSM8K rows are always chat turns.
+        system_prompt: a system turn before every row's first turn (rows whose messages have their own system
+            turn are an error: one would be dropped).
     Returns:
         :class:`Examples`: per row ``{"input_ids": list[int], "labels": list[int]}`` of equal length L <=
         max_length, labels *unshifted* (``labels[t]`` is the target at position t; the loss compares
@@ -236,13 +245,19 @@ def tokenize_sft(
         if fmt in ("gsm8k", "prompt"):  # a question and its reference answer: one user turn, one assistant turn
             row = {"messages": [{"role": "user", "content": row["prompt"]},
                                 {"role": "assistant", "content": _answer_text(row, where[i])}]}
-        if "messages" in row:
-            try:
-                prompt, completion = split_messages(row["messages"], tokenizer)
-            except DataError as e:
-                raise e.at(where[i]) from None
-        else:
-            prompt, completion = row["prompt"], row["completion"]
+        try:
+            if "messages" in row:
+                messages = row["messages"]
+                if system_prompt and messages[0]["role"] == "system":
+                    raise DataError("starts with its own system turn and system_prompt is set: one would be dropped "
+                                    "(leave system_prompt empty, or drop the rows' system turns)", field="messages")
+                system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+                prompt, completion = split_messages(system + messages, tokenizer)
+            else:
+                prompt, completion, _ = render_prompt_completion(row["prompt"], row["completion"], tokenizer,
+                                                                 chat_template, system_prompt)
+        except DataError as e:
+            raise e.at(where[i]) from None
         prompts.append(prompt)
         completions.append(completion)
     prompt_ids = _encode_prompts(tokenizer, prompts)

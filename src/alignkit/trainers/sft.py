@@ -18,18 +18,22 @@ from ..core.logprobs import token_logprobs
 from ..models.forward import causal_mask_or_none, next_tokens
 from ..rollout import sample_completion_rows
 from ..training import TrainConfig, Trainer, option
-from ..training.config import TokenizeConfig
+from ..training.config import ChatTemplateConfig, TokenizeConfig
 from ..training.loop import pad_token_id_of
 
 IGNORE = -100
 
 
 @dataclass
-class SFTConfig(TrainConfig, TokenizeConfig):
+class SFTConfig(TrainConfig, TokenizeConfig, ChatTemplateConfig):
     """Supervised fine-tuning settings."""
 
     completion_only_loss: bool = option(True, "train on completion tokens only (prompt tokens masked)")
     packing: bool = option(False, "pack several examples into each row of max_length tokens")
+
+    def tokenize_kwargs(self) -> dict:
+        """:meth:`TokenizeConfig.tokenize_kwargs` plus how prompt/completion rows meet the chat template."""
+        return {**super().tokenize_kwargs(), "chat_template": self.chat_template, "system_prompt": self.system_prompt}
 
 
 class SFTTrainer(Trainer):

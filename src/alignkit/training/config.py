@@ -104,7 +104,18 @@ class PromptLengthConfig:
 
 
 @dataclass
-class SamplingConfig(PromptLengthConfig):
+class ChatTemplateConfig:
+    """Whether prompts become a user turn of the tokenizer's chat template: declared once for sampling
+    (:class:`SamplingConfig`) and for SFT's prompt/completion rows (see ``alignkit.data.chat``)."""
+
+    chat_template: str = option("auto", "render each prompt as a user turn with the tokenizer's chat template: auto "
+                                        "(when the tokenizer has one and the prompt is not rendered already), on, "
+                                        "or off (the text as is: base models)", choices=("auto", "on", "off"))
+    system_prompt: str = option("", "a system turn before each prompt (needs the chat template applied)")
+
+
+@dataclass
+class SamplingConfig(PromptLengthConfig, ChatTemplateConfig):
     """How completions are sampled: declared once for the online trainers, Best-of-N, RLAIF and ``generate``
     (each may set other defaults with :func:`with_defaults`). :meth:`sampling_params` makes the
     ``alignkit.generation.SamplingParams``, which validates them."""
@@ -118,10 +129,6 @@ class SamplingConfig(PromptLengthConfig):
     top_p: float = option(1.0, "nucleus sampling (1 = off)", bounds="(0, 1]")
     prompt_truncation: str = option("left", "a longer prompt keeps its last tokens (counted in the log) or is an error",
                                     choices=("error", "left"))
-    chat_template: str = option("off", "render each prompt as a user turn with the tokenizer's chat template: on, "
-                                       "off (the text as is) or auto (on when the tokenizer has a template)",
-                                choices=("off", "on", "auto"))
-    system_prompt: str = option("", "a system turn before each prompt (needs the chat template applied)")
 
     def prompt_kwargs(self) -> dict:
         """``max_prompt_length``, ``prompt_truncation``, ``chat_template``, ``system_prompt`` for
