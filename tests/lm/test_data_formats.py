@@ -205,6 +205,8 @@ class _TemplateTokenizer:
     """Stands in for a transformers tokenizer with a chat template (render only)."""
 
     chat_template = "chatml"
+    additional_special_tokens = ["<|im_start|>", "<|im_end|>"]
+    eos_token = "<|im_end|>"
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         assert tokenize is False
@@ -251,3 +253,40 @@ def test_a_prompt_that_cannot_be_rendered_as_asked_is_an_error(mode, tokenizer, 
 
     with pytest.raises(ValueError, match=match):
         render_prompt("2+2?", tokenizer, mode, system)
+
+
+def test_auto_renders_a_prompt_once_and_sft_rows_become_a_user_turn_and_a_reply():
+    from alignkit.data.chat import RenderedPrompt, looks_rendered, render_prompt, render_prompt_completion
+
+    tok = _TemplateTokenizer()
+    once, rendered = render_prompt("2+2?", tok, "auto")
+    assert rendered and render_prompt(once, tok, "auto") == (once, True)  # holds <|im_start|>: not rendered again
+    assert looks_rendered(once, tok) and not looks_rendered("2+2?", tok)
+    assert render_prompt(RenderedPrompt("as given"), tok, "on") == ("as given", True)
+    with pytest.raises(ValueError, match="already rendered"):
+        render_prompt(once, tok, "auto", "Be brief.")
+    prompt, completion, used = render_prompt_completion("2+2?", "4", tok, "auto", "Be brief.")
+    assert used and prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n" \
+        "<|im_start|>assistant\n" and completion == "4<|im_end|>\n"
+    assert render_prompt_completion("2+2?", " 4", tok, "off") == ("2+2?", " 4", False)
+    assert render_prompt_completion(once, "4", tok, "auto") == (once, "4", True)
+
+
+def test_messages_ending_with_a_user_turn_are_chat_prompt_rows(tmp_path):
+    from alignkit.data import load_rows
+    from alignkit.data.chat import render_chat_prompt
+
+    rows = load_rows([{"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}])
+    assert rows.format == "chat_prompt" and rows[0]["answer"] == "4"
+    assert load_rows([{"messages": CHAT}]).format == "messages"  # ends with the assistant's turn: an SFT example
+    with pytest.raises(DataError, match="the last turn is the assistant's"):
+        load_rows([{"messages": CHAT}], format="chat_prompt")
+    with pytest.raises(DataError, match="non-empty list"):
+        load_rows([{"messages": []}], format="chat_prompt")
+    tok = _TemplateTokenizer()
+    text = render_chat_prompt(rows[0]["messages"], tok, "auto", "Be brief.")
+    assert text.startswith("<|im_start|>system\nBe brief.") and text.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="chat_template=off"):
+        render_chat_prompt(rows[0]["messages"], tok, "off")
+    with pytest.raises(ValueError, match="their own system turn"):
+        render_chat_prompt(CHAT[:2], tok, "auto", "Be brief.")

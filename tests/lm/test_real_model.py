@@ -107,16 +107,16 @@ def test_the_chat_template_is_applied_by_default_to_prompts_sft_rows_and_message
     [again], _ = tokenize_prompts(tok, [rendered], chat_template="auto")
     [turns], _ = tokenize_prompts(tok, [RenderedPrompt(rendered)], chat_template="on")
     assert plain == again == turns == tok(rendered, add_special_tokens=False)["input_ids"]
-    # a prompt file with a messages row and a prompt row, through `alignkit generate` with its defaults
+    # a prompt file of chat turns, through `alignkit generate` with its defaults
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}] + user}) + "\n"
-                       + json.dumps({"prompt": "What is 2 + 3?"}) + "\n")
+                       + json.dumps({"messages": user}) + "\n")
     run = tmp_path / "gen"
     assert main(["generate", f"model={out}", f"prompts_file={prompts}", f"output_dir={run}", "max_new_tokens=4",
                  "greedy=true"]) == 0
     rows = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
     assert rows[0]["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")  # the turns, rendered
-    assert rows[1]["prompt"] == "What is 2 + 3?"  # a prompt row is kept as written (rendered when sampled)
+    assert rows[1]["prompt"] == rendered  # no system turn added: the template's own default is kept
     assert all(r["completion"].strip() for r in rows)  # the chat model answers instead of ending its turn at once
     assert main(["generate", f"model={out}", f"prompts_file={prompts}", f"output_dir={tmp_path / 'off'}",
                  "chat_template=off"]) == 2  # turns cannot be sampled from as plain text

@@ -70,7 +70,8 @@ HH_ASSISTANT = "\n\nAssistant:"
 
 
 def _describe_formats() -> str:
-    return ", ".join(f"{name} {sorted(cols)}" for name, cols in REQUIRED_COLUMNS.items())
+    return ", ".join([*(f"{name} {sorted(cols)}" for name, cols in REQUIRED_COLUMNS.items()),
+                      "chat_prompt ['messages'] (the last turn not the assistant's)"])
 
 
 def detect_format(keys) -> str:

@@ -107,11 +107,15 @@ def plot_frontier(points: list[dict], path: str | Path, title: str = "Reward-KL 
             line, = ax.plot(xs, ys, linestyle="--" if bon else "-", marker="s" if bon else "o", markersize=3.5,
                             linewidth=1.6, color=colour, alpha=1.0 - 0.28 * min(shade, 2), label=run)
             ax.plot(xs[-1:], ys[-1:], marker="o", markersize=9, fillstyle="none", color=line.get_color())
-            if bon:
-                for p, x, y in zip(pts, xs, ys, strict=True):
-                    ax.annotate(f"n={p['step']}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+            if bon:  # label every other n: 1, 4, 16, 64
+                for i, (p, x, y) in enumerate(zip(pts, xs, ys, strict=True)):
+                    if i % 2 == 0 or i == len(pts) - 1:
+                        ax.annotate(f"n={p['step']}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    wide = max(p["kl"] for p in points) > 10  # KL spans decades: linear up to 1 nat, logarithmic beyond
     for ax, (_, label) in zip(axes, panels, strict=True):
-        ax.set_xlabel("KL to the reference policy (nats per response)")
+        if wide:
+            ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        ax.set_xlabel("KL to the reference policy (nats per response" + (", log scale above 1)" if wide else ")"))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.axvline(0, color="#999", linewidth=0.8)
