@@ -51,7 +51,7 @@ def _restore_the_code_before() -> None:
     import alignkit.trainers.dpo as dpo
     from alignkit.core.logprobs import token_logprobs
 
-    forward.causal_mask_or_none = heads.causal_mask_or_none = lambda mask: mask
+    heads.causal_mask_or_none = lambda mask: mask
 
     def sequence_logprobs(model, input_ids, attention_mask, loss_mask):
         logits = forward.model_logits(model, input_ids, attention_mask)

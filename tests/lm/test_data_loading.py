@@ -46,6 +46,10 @@ SAMPLES = {
         [{"prompt": "Two ducks and one more?", "answer": "2 + 1 = <<2+1=3>>3\n#### 3"},
          {"prompt": "Half of 18?", "answer": "18 / 2 = 9\n#### 9"}],
     ),
+    "chat_prompt": (  # messages whose last turn is the user's: a prompt for sampling
+        [{"messages": MSGS[:1]}, {"messages": [{"role": "system", "content": "be kind"}, MSGS[0]]}],
+        [{"messages": MSGS[:1]}, {"messages": [{"role": "system", "content": "be kind"}, MSGS[0]]}],
+    ),
 }
 assert set(SAMPLES) == set(FORMATS)
 

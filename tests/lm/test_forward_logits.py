@@ -58,7 +58,7 @@ def test_response_logprobs_match_a_full_forward_reference():
 
 def test_right_padded_batches_drop_the_mask_and_give_the_same_outputs_at_real_tokens():
     from alignkit.models import RewardModel
-    from alignkit.models.forward import causal_mask_or_none
+    from alignkit.models.forward import causal_mask_or_none, position_ids_from_mask
 
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
@@ -73,12 +73,13 @@ def test_right_padded_batches_drop_the_mask_and_give_the_same_outputs_at_real_to
     mask[1, 3:] = 0  # right padding of different lengths
     real = mask.bool()
     with torch.no_grad():
-        with_mask = lm(input_ids=ids, attention_mask=mask).logits  # what the forward gave before
-        dropped = forward_logits(lm, ids, mask)
+        with_mask = forward_logits(lm, ids, mask)
+        dropped = forward_logits(lm, ids, causal_mask_or_none(mask), position_ids_from_mask(mask))
         torch.testing.assert_close(dropped[real], with_mask[real], atol=2e-5, rtol=0)
         rm = RewardModel.from_causal_lm(lm, pad_token_id=0)
-        hidden = rm.trunk(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(rm.hidden_states(ids, mask)[real], hidden[real], atol=2e-5, rtol=0)
+        torch.testing.assert_close(rm.hidden_states(ids, mask, right_padded=True)[real],
+                                   rm.hidden_states(ids, mask)[real], atol=2e-5, rtol=0)
+        torch.testing.assert_close(rm(ids, mask, right_padded=True), rm(ids, mask), atol=2e-5, rtol=0)
 
 
 def test_next_tokens_scores_like_the_shifted_slice():

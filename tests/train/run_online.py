@@ -22,7 +22,11 @@ from alignkit.trainers import PPOConfig, PPOTrainer, ReinforceConfig, ReinforceT
 from tests.train import tasks
 
 BASE = dict(prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4, learning_rate=1e-2, progress=False,
-            tensorboard=False, kl_penalty="reward", kl_coef=0.1)
+            tensorboard=False, kl_penalty="reward", kl_coef=0.1,
+            # the word-level task's prompts as written: with lr 1e-2 Adam turns rounding differences of 1e-7 at
+            # step 1 into 1e-5 by step 2 on some layouts (measured: rendered prompts, PPO grad_norm 2.4e-5
+            # relative), so the data stay those the invariance tolerances were set on
+            chat_template="off")
 
 
 def build(kind: str, output_dir: str, args, tok):

@@ -212,7 +212,7 @@ def test_bad_inputs_error(tok, generator):
         best_of_n(["w1", "w2"], tok, generator, hash_reward, cfg, columns={"answer": ["a"]})
     with pytest.raises(ValueError, match="prompt 1 has 3 tokens"):
         best_of_n(["w1", "w1 w2 w3"], tok, generator, hash_reward,
-                  BestOfNConfig(n=2, max_prompt_length=2, prompt_truncation="error"))
+                  BestOfNConfig(n=2, max_prompt_length=2, prompt_truncation="error", chat_template="off"))
 
 
 def test_sampling_and_scoring_show_progress_unless_asked_not_to(tok, generator, capsys):

@@ -58,7 +58,7 @@ def test_online_methods_converge_to_the_kl_regularised_optimum(tok, tmp_path, me
     target = _optimum(ref, _token_rewards(tok))
     common = dict(output_dir=str(tmp_path), prompts_per_step=4, samples_per_prompt=16, max_new_tokens=1,
                   learning_rate=3e-3, kl_coef=BETA, kl_penalty="reward", kl_estimator="k1", progress=False,
-                  tensorboard=False)
+                  tensorboard=False, chat_template="off")  # pi* is computed after the raw PROMPT
     if method == "rloo":
         trainer = ReinforceTrainer(ReinforceConfig(max_steps=150, baseline="loo", **common), model, tok,
                                    [PROMPT] * 4, reward)

@@ -44,15 +44,20 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def causal_mask_or_none(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The attention mask to give a causal LM: None when no row has a real token after a padding one (no
-    padding, or right padding only), else ``attention_mask`` itself.
+    """The attention mask to give a causal LM for a batch that is right-padded by construction: None when no
+    row has a real token after a padding one (no padding, or right padding only), else ``attention_mask``.
 
     Under a causal mask a real token attends only to earlier positions, so padding *after* every real token
     changes nothing at real positions: the causal mask alone gives the same outputs there (padding positions'
     outputs differ; callers never read them). Without an explicit mask, transformers' SDPA attention runs with
-    ``is_causal`` and PyTorch's fused (flash) kernel instead of building a ``[B, 1, T, T]`` mask and running the
-    unfused path that materialises ``[B, H, T, T]`` attention weights: on the tiny model at batch 16 pairs and
-    1,024 tokens, a reward-model step peaks much lower (see benchmarks/training.py, long-sequence rows).
+    ``is_causal`` and PyTorch's fused kernel instead of building a ``[B, 1, T, T]`` mask for its unfused path
+    (DPO at batch 16 pairs and 1,024 tokens on the tiny model: see benchmarks/training_long.py).
+
+    Used where every batch is right-padded (the SFT, reward-model and DPO collators), so the kernel is the same
+    for every batch and every split of a batch over processes. The online trainers keep their masks: with
+    left-padded prompts a mask is needed anyway, and dropping it only for the odd micro-batch of equal-length
+    prompts would make the kernel, and so the last bits of a result, depend on how the batch was split.
+    Position ids are the caller's to give (:func:`position_ids_from_mask` of the real mask).
 
     Args:
         attention_mask: ``[B, T]`` (1 = real token) or None.
@@ -93,8 +98,8 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     base = getattr(model, "module", model)  # a DDP / FSDP wrapper: its module's forward is what runs
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     kwargs = {"logits_to_keep": keep_last} if keep_last > 0 and _takes_logits_to_keep(type(base)) else {}
-    logits = model(input_ids=input_ids, attention_mask=causal_mask_or_none(attention_mask), position_ids=position_ids,
-                   use_cache=False, **kwargs).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                   **kwargs).logits
     return logits[:, -keep_last:] if keep_last > 0 else logits
 
 

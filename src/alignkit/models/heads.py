@@ -154,13 +154,16 @@ class ScalarHeadModel(nn.Module):
         return _score_head(self.model)
 
     def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+        right_padded: bool = False,
     ) -> torch.Tensor:
-        """Final (post-norm) hidden states ``[B, T, d]``; position ids default to real-token counts."""
+        """Final (post-norm) hidden states ``[B, T, d]``; position ids default to real-token counts.
+        ``right_padded``: the batch is right-padded by construction (the reward trainer's): run it under the
+        causal mask alone (:func:`~alignkit.models.forward.causal_mask_or_none`)."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        out = self.trunk(input_ids=input_ids, attention_mask=causal_mask_or_none(attention_mask),
-                         position_ids=position_ids, use_cache=False)
+        mask = causal_mask_or_none(attention_mask) if right_padded else attention_mask
+        out = self.trunk(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     @classmethod

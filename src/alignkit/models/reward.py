@@ -50,6 +50,7 @@ class RewardModel(ScalarHeadModel):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         normalize: bool = True,
+        right_padded: bool = False,
     ) -> torch.Tensor:
         """Score each sequence at its last real token.
 
@@ -59,10 +60,12 @@ class RewardModel(ScalarHeadModel):
             position_ids: ``[B, T]``; default counts real tokens (:func:`position_ids_from_mask`), so a
                 left-padded row scores like the unpadded sequence.
             normalize: apply the stored ``(r - mean) / std`` (identity unless set).
+            right_padded: the batch is right-padded by construction (see :meth:`hidden_states`).
         Returns:
             ``[B]`` float32 rewards (differentiable).
         """
-        h_last = gather_last(self.hidden_states(input_ids, attention_mask, position_ids), attention_mask)  # [B, d]
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, right_padded=right_padded)
+        h_last = gather_last(hidden, attention_mask)  # [B, d]
         rewards = self.head(h_last).squeeze(-1).float()  # [B]
         if normalize:
             mean, std = self.normalization

@@ -26,7 +26,7 @@ import torch
 
 from ..core.logprobs import token_logprobs
 from ..core.preference import DPO_LOSS_TYPES, TOKEN_MEAN_LOSS_TYPES, dpo_loss
-from ..models.forward import model_logits, next_tokens
+from ..models.forward import causal_mask_or_none, model_logits, next_tokens, position_ids_from_mask
 from ..rollout import sample_completion_rows
 from ..training import TrainConfig, Trainer, option
 from ..training.config import TokenizeConfig
@@ -50,7 +50,9 @@ def sequence_logprobs(model_or_logits_fn, input_ids, attention_mask, loss_mask) 
 
     ``loss_mask[:, t]`` marks input position t as a response token; it is scored by the logits at t - 1.
     """
-    logits = model_logits(model_or_logits_fn, input_ids, attention_mask)
+    # the collator right-pads every row: the causal mask alone serves (causal_mask_or_none), positions from the mask
+    logits = model_logits(model_or_logits_fn, input_ids, causal_mask_or_none(attention_mask),
+                          position_ids_from_mask(attention_mask))
     logp = token_logprobs(logits, next_tokens(input_ids))[:, :-1]  # no [N, T-1, V] copy of the logits
     return (logp * loss_mask[:, 1:]).sum(-1)
 

@@ -57,7 +57,7 @@ class RewardTrainer(Trainer):
 
     def compute_loss(self, model, batch: dict, normalizer: float):
         device = self.accelerator.device
-        rewards = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # [2B]
+        rewards = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), right_padded=True)  # [2B]
         b = batch["num_pairs"]
         chosen, rejected = rewards[:b], rewards[b:]
         margin = batch["margin"].to(device) if "margin" in batch else None
