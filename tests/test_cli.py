@@ -207,6 +207,18 @@ def test_rlaif_labels_pairs_with_the_judge_and_trains(method, tiny_dir, tmp_path
     assert_report_references_only_existing_files(out)
 
 
+def test_rlaif_with_no_pair_left_after_labelling_says_why_and_where_the_labels_are(tiny_dir, tmp_path, capsys):
+    # 6 tokens score at most 6 + 1.5 apart, so the judge's confidence stays below sigmoid(7.5) < 0.9999
+    out = tmp_path / "x"
+    assert main(["rlaif", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}",
+                 "judge=tests.train.tasks:GoodWordJudge", "min_confidence=0.9999", "max_new_tokens=6",
+                 "batch_size=4", "max_steps=2", "max_length=32", f"output_dir={out}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "the judge kept none of the 16 pairs (16 judged with confidence at or below min_confidence=0.9999)" in err
+    assert "Traceback" not in err and (out / "ai_labels.jsonl").is_file()
+    assert json.loads((out / "ai_labels_summary.json").read_text())["mean_confidence"] is None  # valid JSON
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "give exactly one of judge_model, judge_url or judge (got: none)"),
     (["judge=tests.train.tasks:has_good"], "judge: 'tests.train.tasks:has_good' has no prefer("),
@@ -414,11 +426,11 @@ def test_every_out_of_range_option_exits_2_naming_it_and_writes_nothing(command,
     assert not out.exists()
 
 
-def test_warmup_longer_than_the_run_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
+def test_warmup_longer_than_the_run_is_an_error_before_anything_is_written(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="warmup_steps=10 is more than the run's 3 optimiser steps"):
-        main(["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=3",
-              "max_length=64", "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"])
+    assert main(["sft", f"model={tiny_dir / 'model'}", f"train_file={tiny_dir / 'sft.jsonl'}", "max_steps=3",
+                 "max_length=64", "warmup_steps=10", f"output_dir={out}", "tensorboard=false", "progress=false"]) == 2
+    assert "warmup_steps=10 is more than the run's 3 optimiser steps" in capsys.readouterr().err  # no traceback
     assert not (out / "metrics.jsonl").exists()
 
 

@@ -59,6 +59,16 @@ def save_resolved(config) -> None:
     (out / "resolved_config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
 
 
+def built(trainer_cls, *args, **kwargs):
+    """The trainer, or a UsageError (exit 2, no traceback) when its constructor finds the settings and the data at
+    odds (``warmup_steps`` beyond the run's steps, a column the method has no term for): a trainer raises those
+    as ValueError before it writes anything."""
+    try:
+        return trainer_cls(*args, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 @says_where_results_went
 def run_offline(name: str, config) -> None:
     """``sft``, ``reward``, ``dpo``: tokenise the rows (cut to fit, counted), then train."""
@@ -79,7 +89,7 @@ def run_offline(name: str, config) -> None:
         model, trainer_cls = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id), RewardTrainer
     else:
         model, trainer_cls = policy, SFTTrainer if name == "sft" else DPOTrainer
-    trainer_cls(config, model, train, held_out, tokenizer=tok).train()
+    built(trainer_cls, config, model, train, held_out, tokenizer=tok).train()
 
 
 def _load_online(config):
@@ -104,7 +114,7 @@ def run_online(name: str, config) -> None:
     tok, policy, prompts, columns = _load_online(config)
     reward = reward_source(config, tok)
     trainer_cls = {"reinforce": ReinforceTrainer, "ppo": PPOTrainer, "trpo": TRPOTrainer}[name]
-    trainer_cls(config, policy, tok, prompts, reward, columns=columns).train()
+    built(trainer_cls, config, policy, tok, prompts, reward, columns=columns).train()
 
 
 @says_where_results_went
@@ -147,10 +157,16 @@ def run_rlaif(name: str, config) -> None:
     engine = make_generator(policy.to(accelerator.device), tok)
     labels = label_pairs_with_judge(prompts, tok, engine, judge(config), project(config, RLAIFConfig),
                                     rank=accelerator.process_index, world_size=accelerator.num_processes)
+    counts = {k: None if isinstance(v, float) and v != v else v for k, v in labels.counts.items()}  # JSON: no NaN
     if accelerator.is_main_process:
         labels.write_jsonl(out / "ai_labels.jsonl")
-        (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
-        print(json.dumps(labels.counts, indent=2))
+        (out / "ai_labels_summary.json").write_text(json.dumps(counts, indent=2))
+        print(json.dumps(counts, indent=2))
+    if not labels.rows:
+        raise UsageError(f"the judge kept none of the {labels.pairs_requested} pairs ({labels.dropped_low_confidence} "
+                         f"judged with confidence at or below min_confidence={config.min_confidence}); there is "
+                         "nothing to train on: lower min_confidence, or use a judge that tells the responses apart "
+                         f"(the labels are in {out / 'ai_labels.jsonl'})")
     if config.rlaif_method == "reward":
         model = RewardModel.from_causal_lm(policy, pad_token_id=tok.pad_token_id)
         train_config = project(config, RewardConfig)
