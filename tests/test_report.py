@@ -86,6 +86,26 @@ def test_report_renders_in_headless_chromium_with_its_plots_loaded(tmp_path):
     assert (pixels.mean(-1) < 0.9).mean() > 0.02
 
 
+def test_a_comparison_report_with_its_frontier_renders_in_headless_chromium(tmp_path):
+    """`alignkit report RUN_A RUN_B output_dir=...`: the frontier and the shared-axes figures load in a browser and
+    the frontier image is not blank."""
+    import matplotlib.image
+
+    from alignkit.cli import main
+
+    for name, slope in (("ppo_a", 1.0), ("ppo_b", 0.5)):
+        _fake_run(tmp_path / name)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({**r, "kl": slope * r["kl"]} if "kl" in r else r) + "\n" for r in rows))
+    assert main(["report", str(tmp_path / "ppo_a"), str(tmp_path / "ppo_b"), f"output_dir={tmp_path / 'cmp'}"]) == 0
+    dom = render(tmp_path / "cmp" / "report.html", tmp_path / "shot.png")
+    total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
+    assert total >= 4 and f'data-images-loaded="{total}"' in dom  # frontier + score, KL, losses, length
+    frontier = matplotlib.image.imread(tmp_path / "cmp" / "plots" / "frontier.png")[..., :3]
+    assert len(np.unique((frontier * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
 def test_text_fields_and_environment_steps_are_handled(tmp_path):
     # classic agents log {"global_step", "phase": "train", ...}: text stays text, global_step is the x axis
     run = tmp_path / "run"

@@ -87,10 +87,10 @@ def test_micro_batch_accumulation_equals_global_loss(mode):
     torch.testing.assert_close(grads, g_global, atol=1e-6, rtol=1e-6)
 
 
-def test_whiten_does_not_scale_up_a_spread_below_min_std():
+def test_whiten_sets_a_spread_below_min_std_to_zero():
     noise = torch.tensor([5e-5, -8e-5, 2e-5, 0.0])  # std 5.5e-5
     assert float(whiten(noise).std()) > 0.4  # without a floor, noise is scaled up ~10,000x
-    out = whiten(noise, min_std=1e-4)
-    torch.testing.assert_close(out, noise - noise.mean())  # centred, not scaled
+    assert torch.equal(whiten(noise, min_std=1e-4), torch.zeros(4))  # noise is no signal, at any scale
+    assert torch.equal(whiten(noise, torch.tensor([1, 1, 0, 1]), min_std=1e-4), torch.zeros(4))
     signal = torch.tensor([1.0, -2.0, 0.5, 0.0])
     torch.testing.assert_close(whiten(signal, min_std=1e-4), whiten(signal))  # real spreads: unchanged

@@ -9,7 +9,7 @@ import torch
 from alignkit.models import make_reference
 from alignkit.rewards import InvalidRewardError, contains
 from alignkit.trainers.online import OnlineConfig
-from alignkit.trainers.ppo import PPOConfig, PPOTrainer
+from alignkit.trainers.ppo import ADVANTAGE_MIN_STD, PPOConfig, PPOTrainer
 from alignkit.trainers.reinforce import ReinforceConfig, ReinforceTrainer
 
 from . import tasks
@@ -201,6 +201,35 @@ def test_fused_forward_is_used_only_for_a_single_on_policy_step(tok, prompts, tm
 
     assert fuses()
     assert not fuses(update_epochs=2) and not fuses(num_minibatches=2) and not fuses(grad_accum_steps=2)
+
+
+@pytest.mark.parametrize("floor", [ADVANTAGE_MIN_STD, 0.0])
+def test_with_all_zero_scores_the_policy_does_not_move(tok, prompts, tmp_path, monkeypatch, floor):
+    """Issue 19, item 4: all-zero scores and a reference a hair away from the policy leave only KL noise in the
+    advantages (std about 1e-5). Whitened to unit variance (floor 0: the behaviour before), or left as they are
+    (what a first fix did), that noise moved the policy at full learning rate, because Adam's step does not depend
+    on the gradient's scale (measured: clip fraction 0.60 and 0.52 at the first step). Set to 0, it does not."""
+    import copy
+
+    import alignkit.trainers.ppo as ppo_module
+    from alignkit.models.reference import FrozenReference
+
+    monkeypatch.setattr(ppo_module, "ADVANTAGE_MIN_STD", floor)
+    torch.manual_seed(0)
+    policy = tasks.model(tok)
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 1e-4)
+    cfg = _cfg(PPOConfig, tmp_path, max_steps=2, kl_coef=0.05, kl_penalty="reward", num_samples=0,
+               learning_rate=1e-2, chat_template="off")
+    first = PPOTrainer(cfg, policy, tok, prompts, lambda p, c, **k: [0.0] * len(c),
+                       reference=FrozenReference(reference)).train()[0]
+    if floor:
+        assert first["advantages_too_flat_to_whiten"] == 1.0 and first["advantage_std"] == 0.0
+        assert first["clipfrac"] == 0.0 and abs(first["approx_kl"]) < 1e-6
+    else:  # the noise, scaled up, is a full-size signal
+        assert first["advantage_std"] > 0.5 and first["clipfrac"] > 0.2
 
 
 def test_zero_scores_leave_ppo_without_denormals_or_amplified_noise(tok, prompts, tmp_path):

@@ -11,7 +11,7 @@ implementation details after Huang et al. 2022/2024, "The N+ Implementation Deta
     logits and values; loss = policy loss + vf_coef x value loss; one optimiser);
   * advantages by GAE(gamma, lam) with defaults gamma = 1, lam = 0.95 (``alignkit.core.gae``), whitened
     with mean shift (``whiten_advantages``) unless their spread is below ``ADVANTAGE_MIN_STD`` (noise, e.g.
-    under all-equal scores: then only centred, and ``advantages_too_flat_to_whiten`` is logged as 1); the
+    under all-equal scores: then they are 0, and ``advantages_too_flat_to_whiten`` is logged as 1); the
     critic regresses onto the GAE returns;
   * ``update_epochs`` passes x ``num_minibatches`` optimiser steps x ``grad_accum_steps`` micro-batches over
     one rollout; policy loss PPO-clip (ratio exp(log pi - log pi_old), pi_old detached) + entropy bonus;
@@ -39,7 +39,8 @@ from ..training.optim import build_optimizer
 from .online import OnlineConfig, OnlineTrainer, policy_forward
 
 # Advantages whose spread over the rollout is below this are noise (e.g. KL noise under all-equal scores):
-# whitening centres them but does not scale them up to unit variance (issue 19).
+# they are set to 0, neither scaled up to unit variance nor left as they are (Adam would take a full-size
+# step on them either way) (issue 19).
 ADVANTAGE_MIN_STD = 1e-4
 
 
@@ -158,7 +159,7 @@ class PPOTrainer(OnlineTrainer):
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:  # a spread below ADVANTAGE_MIN_STD is noise: centred, not scaled up
+        if cfg.whiten_advantages:  # a spread below ADVANTAGE_MIN_STD is noise: the advantages are 0
             advantages = whiten(advantages, mask, shift_mean=True, min_std=ADVANTAGE_MIN_STD)
         return {"advantages": advantages, "returns": returns, "non_score": non_score}
 
