@@ -126,12 +126,23 @@ def test_a_nan_weight_left_by_an_update_is_blamed_not_the_rewards(tok, prompts, 
         PoisonedUpdate(cfg, tasks.model(tok), tok, prompts, contains("good")).train()
 
 
-def test_an_online_trainer_on_cpu_flushes_denormal_floats(tok, prompts, tmp_path):
+def test_an_online_trainer_on_cpu_flushes_denormal_floats_while_it_trains_only(tok, prompts, tmp_path):
+    from alignkit.trainers.online import flushing_denormals
+
+    seen = []
+
+    def reward(prompts, completions, **_):
+        seen.append(flushing_denormals())
+        return contains("good")(prompts, completions)
+
     torch.set_flush_denormal(False)
-    tiny = torch.tensor([1e-40])
-    assert float(tiny * 1.0) != 0.0  # a denormal survives arithmetic by default
-    ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, max_steps=1), tasks.model(tok), tok, prompts, contains("good"))
-    assert float(tiny * 1.0) == 0.0  # flushed: no 10x slow path in the update
+    assert float(torch.tensor([1e-40]) * 1.0) != 0.0 and not flushing_denormals()  # denormals survive by default
+    ReinforceTrainer(_cfg(ReinforceConfig, tmp_path, max_steps=1), tasks.model(tok), tok, prompts, reward).train()
+    assert seen == [True]  # flushed during the step: no 10x slow path in the update
+    assert not flushing_denormals()  # and the caller's setting is back: torch's switch is process-wide
+    torch.set_flush_denormal(True)
+    assert flushing_denormals()
+    torch.set_flush_denormal(False)
 
 
 def test_resume_continues_with_the_same_losses_and_kl_controller(tok, prompts, tmp_path):
@@ -205,10 +216,12 @@ def test_fused_forward_is_used_only_for_a_single_on_policy_step(tok, prompts, tm
 
 @pytest.mark.parametrize("floor", [ADVANTAGE_MIN_STD, 0.0])
 def test_with_all_zero_scores_the_policy_does_not_move(tok, prompts, tmp_path, monkeypatch, floor):
-    """Issue 19, item 4: all-zero scores and a reference a hair away from the policy leave only KL noise in the
-    advantages (std about 1e-5). Whitened to unit variance (floor 0: the behaviour before), or left as they are
-    (what a first fix did), that noise moved the policy at full learning rate, because Adam's step does not depend
-    on the gradient's scale (measured: clip fraction 0.60 and 0.52 at the first step). Set to 0, it does not."""
+    """Issue 19, item 4: all-zero scores and a reference a hair (1e-6) away from the policy leave only KL noise in
+    the rewards. Whitened (floor 0: the behaviour before), that noise moved the policy at full learning rate
+    (measured: clip fraction 0.52 at the first step). Left unscaled it would still, through Adam, whose step does
+    not depend on the gradient's scale, and so would the critic's noise from the second step on (Adam-trained on
+    near-zero returns; measured with the reference 1e-4 away: 0.52 and 0.56). With the rewards that flat, the
+    advantages are 0 and the policy stays put, step after step (6 steps measured: clip fraction 0 each)."""
     import copy
 
     import alignkit.trainers.ppo as ppo_module
@@ -220,31 +233,31 @@ def test_with_all_zero_scores_the_policy_does_not_move(tok, prompts, tmp_path, m
     reference = copy.deepcopy(policy)
     with torch.no_grad():
         for p in reference.parameters():
-            p.add_(torch.randn_like(p) * 1e-4)
-    cfg = _cfg(PPOConfig, tmp_path, max_steps=2, kl_coef=0.05, kl_penalty="reward", num_samples=0,
+            p.add_(torch.randn_like(p) * 1e-6)
+    cfg = _cfg(PPOConfig, tmp_path, max_steps=4, kl_coef=0.05, kl_penalty="reward", num_samples=0,
                learning_rate=1e-2, chat_template="off")
-    first = PPOTrainer(cfg, policy, tok, prompts, lambda p, c, **k: [0.0] * len(c),
-                       reference=FrozenReference(reference)).train()[0]
+    history = PPOTrainer(cfg, policy, tok, prompts, lambda p, c, **k: [0.0] * len(c),
+                         reference=FrozenReference(reference)).train()
     if floor:
-        assert first["advantages_too_flat_to_whiten"] == 1.0 and first["advantage_std"] == 0.0
-        assert first["clipfrac"] == 0.0 and abs(first["approx_kl"]) < 1e-6
-    else:  # the noise, scaled up, is a full-size signal
-        assert first["advantage_std"] > 0.5 and first["clipfrac"] > 0.2
+        for h in history:
+            assert h["advantages_too_flat_to_whiten"] == 1.0 and h["advantage_std"] == 0.0
+            assert h["clipfrac"] == 0.0 and abs(h["approx_kl"]) < 1e-6, h
+    else:  # the noise, scaled up 100x (by 1 / sqrt(var + eps)) and then by Adam, is a full-size step
+        assert history[0]["advantage_std"] > 1e-3 and history[0]["clipfrac"] > 0.2
 
 
-def test_zero_scores_leave_ppo_without_denormals_or_amplified_noise(tok, prompts, tmp_path):
+def test_zero_scores_leave_ppo_without_denormals_or_amplified_noise(tok, prompts, tmp_path, monkeypatch):
     """A regression guard for issue 19, items 3-4: with every score 0 and a KL penalty, PPO's advantages stay 0
     and the policy's Adam state holds no denormal floats (whose arithmetic once made a CPU update 10x slower),
-    with flushing off. On this tiny model the KL noise that whitening used to amplify does not arise (the test
-    also passes with the whitening floor removed); the real-model measurement is in the issue's note."""
+    with flushing off, in the policy's and in the critic's. (Here the policy is its own reference, so no KL noise
+    arises at all; test_with_all_zero_scores_the_policy_does_not_move has the noise.)"""
     cfg = _cfg(PPOConfig, tmp_path, max_steps=3, kl_coef=0.05, kl_penalty="reward", num_samples=0)
     trainer = PPOTrainer(cfg, tasks.model(tok), tok, prompts, lambda p, c, **k: [0.0] * len(c))
-    torch.set_flush_denormal(False)  # the trainer turns flushing on on CPU as a guard: test the cause itself
-    try:
-        history = trainer.train()
-    finally:
-        torch.set_flush_denormal(True)  # as every online trainer leaves it on CPU
+    real_switch = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: real_switch(False))  # the trainer's guard off:
+    history = trainer.train()                                                         # test the cause itself
     assert all(h["advantage_std"] == 0.0 for h in history)
     smallest_normal = torch.finfo(torch.float32).tiny
-    state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    state = [v for opt in (trainer.optimizer, trainer.critic_optimizer) for s in opt.state.values()
+             for v in s.values() if torch.is_tensor(v) and v.dim()]
     assert state and all(not bool(((v != 0) & (v.abs() < smallest_normal)).any()) for v in state)

@@ -10,8 +10,8 @@ implementation details after Huang et al. 2022/2024, "The N+ Implementation Deta
     with ``shared_trunk``, a value head on the policy's own final hidden state (one forward pass gives
     logits and values; loss = policy loss + vf_coef x value loss; one optimiser);
   * advantages by GAE(gamma, lam) with defaults gamma = 1, lam = 0.95 (``alignkit.core.gae``), whitened
-    with mean shift (``whiten_advantages``) unless their spread is below ``ADVANTAGE_MIN_STD`` (noise, e.g.
-    under all-equal scores: then they are 0, and ``advantages_too_flat_to_whiten`` is logged as 1); the
+    with mean shift (``whiten_advantages``), unless the per-token rewards' spread is below ``ADVANTAGE_MIN_STD``
+    (all-equal scores, KL noise only: then they are 0, and ``advantages_too_flat_to_whiten`` is logged as 1); the
     critic regresses onto the GAE returns;
   * ``update_epochs`` passes x ``num_minibatches`` optimiser steps x ``grad_accum_steps`` micro-batches over
     one rollout; policy loss PPO-clip (ratio exp(log pi - log pi_old), pi_old detached) + entropy bonus;
@@ -29,7 +29,7 @@ import torch
 
 from ..core.kl import kl_estimate, kl_penalised_rewards
 from ..core.logprobs import entropy_from_logits, token_logprobs
-from ..core.masked import aggregate_loss, whiten
+from ..core.masked import aggregate_loss, masked_var, whiten
 from ..core.policy_loss import ppo_clip_loss
 from ..core.returns import gae
 from ..core.value_loss import explained_variance, value_loss
@@ -38,9 +38,9 @@ from ..training.loop import enable_gradient_checkpointing
 from ..training.optim import build_optimizer
 from .online import OnlineConfig, OnlineTrainer, policy_forward
 
-# Advantages whose spread over the rollout is below this are noise (e.g. KL noise under all-equal scores):
-# they are set to 0, neither scaled up to unit variance nor left as they are (Adam would take a full-size
-# step on them either way) (issue 19).
+# Per-token rewards (score + KL shaping) whose spread over the rollout is below this carry no signal (e.g. KL
+# noise under all-equal scores): the advantages are set to 0, neither whitened to unit variance nor left as they
+# are, since Adam takes a full-size step on noise of any scale (issue 19).
 ADVANTAGE_MIN_STD = 1e-4
 
 
@@ -156,12 +156,15 @@ class PPOTrainer(OnlineTrainer):
         shaping = beta if (cfg.kl_penalty == "reward" and rollout.kl is not None) else 0.0
         kl = rollout.kl if rollout.kl is not None else torch.zeros_like(rollout.logprobs)
         rewards, non_score = kl_penalised_rewards(rollout.scores.float(), kl, mask, shaping)
+        # rewards (score + KL shaping) that hardly differ carry no signal: whatever spread the advantages then
+        # have is the critic's noise (trained by Adam on near-zero returns, its values move at full learning rate)
+        flat = cfg.whiten_advantages and float(masked_var(rewards, mask)) < ADVANTAGE_MIN_STD**2
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:  # a spread below ADVANTAGE_MIN_STD is noise: the advantages are 0
-            advantages = whiten(advantages, mask, shift_mean=True, min_std=ADVANTAGE_MIN_STD)
-        return {"advantages": advantages, "returns": returns, "non_score": non_score}
+        if cfg.whiten_advantages:
+            advantages = torch.zeros_like(advantages) if flat else whiten(advantages, mask, shift_mean=True)
+        return {"advantages": advantages, "returns": returns, "non_score": non_score, "flat": flat}
 
     def micro_loss(self, rollout, batch, rows, normalizer, multi):
         cfg = self.config
@@ -200,6 +203,6 @@ class PPOTrainer(OnlineTrainer):
         out = self.run_updates(rollout, batch, self.micro_loss, self.optimizer_steps,
                                early_stop_key="approx_kl", early_stop_above=1.5 * cfg.target_kl)
         out["advantage_std"] = float(batch["advantages"][rollout.response_mask.bool()].std())
-        out["advantages_too_flat_to_whiten"] = float(cfg.whiten_advantages and out["advantage_std"] < ADVANTAGE_MIN_STD)
+        out["advantages_too_flat_to_whiten"] = float(batch["flat"])
         out.update(self.rollout_fit(rollout, batch))
         return out
