@@ -121,17 +121,15 @@ def _best_of_n_frontier(policy, tok, prompts, scorer, max_new_tokens, seed, larg
     """Best-of-n from ``policy`` for n = 1, 2, 4, ..., ``largest_n``, picked by the learnt reward (one pool of
     ``largest_n`` samples per prompt, see :func:`alignkit.training.frontier.best_of_n_points`)."""
     from .generation import SamplingParams, make_generator
-    from .rollout import decode_completions
+    from .rollout import sample_and_score
     from .training.frontier import best_of_n_points
 
-    gen = make_generator(policy, tok)
-    ids = [tok(p)["input_ids"] for p in prompts]
-    texts = decode_completions(tok, gen.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, n=largest_n,
-                                                                     seed=seed)))
-    repeated = [p for p in prompts for _ in range(largest_n)]
+    sampled = sample_and_score(make_generator(policy, tok), tok, [tok(p)["input_ids"] for p in prompts],
+                               SamplingParams(max_new_tokens=max_new_tokens, n=largest_n, seed=seed), prompts,
+                               reward_fn=scorer)
     shape = (len(prompts), largest_n)
-    learnt = torch.tensor(scorer(repeated, texts), dtype=torch.float64).reshape(shape)
-    gold = torch.tensor(gold_reward(repeated, texts), dtype=torch.float64).reshape(shape)
+    learnt = sampled.raw_scores.double().reshape(shape)
+    gold = torch.tensor(gold_reward(None, sampled.texts), dtype=torch.float64).reshape(shape)
     ns = [2 ** k for k in range(int(math.log2(largest_n)) + 1)]
     return best_of_n_points(learnt, gold, ns)
 
