@@ -6,11 +6,14 @@
 as written: it is the first step a newcomer takes), ``JUDGE_PATH`` becomes ``models/tiny``, and the judge URL
 points at a local stand-in for an OpenAI-compatible server. The data files are the README's: ``sft.jsonl``,
 ``pairs.jsonl`` and ``prompts.jsonl`` as the docs' Getting started page writes them, and the real HH-RLHF and
-GSM8K files of ``../shared/data``. The module is marked slow: about twenty short runs.
+GSM8K files of ``../shared/data`` (small stand-ins of the same format where a checkout has none beside it).
+The module is marked slow: about twenty short runs.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import re
 import shlex
@@ -25,7 +28,9 @@ from tests.test_docs import prepare_workdir
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# the data the README names by ../shared/data: beside the repository, else the workplace's copy
+SHARED = next((d for d in (REPO.parent / "shared", Path("/work/shared")) if (d / "data").is_dir()), None)
+NAMES = ("hh-rlhf-harmless-base-test.jsonl.gz", "gsm8k-train.jsonl")
 ONLINE = ["max_steps=1", "prompts_per_step=2", "samples_per_prompt=2", "max_new_tokens=8"]
 SMOKE = {  # the settings that make each command a smoke run (the rest is the README's)
     "sft": ["max_steps=2", "batch_size=4", "warmup_steps=0"],  # the preset warms up for 10 steps
@@ -42,6 +47,23 @@ SMOKE = {  # the settings that make each command a smoke run (the rest is the RE
     "classic bandit": ["runs=20", "steps=50"],
     "classic gym": ["total_steps=1024"],
 }
+
+
+def provide_shared_data(target: Path) -> None:
+    """The README's data files at ``target``: the real ones when the workplace has them, else small stand-ins
+    with the same names and formats (HH-RLHF transcripts, GSM8K questions)."""
+    target.mkdir(parents=True)
+    if SHARED is not None and all((SHARED / "data" / n).is_file() for n in NAMES):
+        for name in NAMES:
+            (target / name).symlink_to(SHARED / "data" / name)
+        return
+    h, a = "\n\nHuman: ", "\n\nAssistant: "
+    hh = [{"chosen": f"{h}Tell me about day {i}.{a}It was a kind day.", "rejected": f"{h}Tell me about day {i}.{a}No."}
+          for i in range(16)]
+    with gzip.open(target / NAMES[0], "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in hh)
+    (target / NAMES[1]).write_text("".join(json.dumps({"question": f"What is {i} + 2?", "answer": f"{i} + 2 = {i + 2}"
+                                                                   f"\n#### {i + 2}"}) + "\n" for i in range(16)))
 
 
 def longer_response_endpoint(request, stop):
@@ -87,11 +109,9 @@ def test_every_readme_example_runs_on_the_tiny_model(tmp_path, monkeypatch, caps
     working directory prepared as the docs' Getting started page describes."""
     from alignkit.cli import main
 
-    if not (SHARED / "data" / "hh-rlhf-harmless-base-test.jsonl.gz").is_file():
-        pytest.fail(f"the README's examples read ../shared/data; {SHARED / 'data'} has no HH-RLHF file")
     work = tmp_path / "repo"
     prepare_workdir(work)
-    (tmp_path / "shared").symlink_to(SHARED)  # ../shared/data, as from the repository root
+    provide_shared_data(tmp_path / "shared" / "data")  # ../shared/data, as from the repository root
     monkeypatch.chdir(work)
     monkeypatch.setenv("JUDGE_KEY", "secret")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
