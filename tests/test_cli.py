@@ -237,6 +237,17 @@ def test_rlaif_bad_settings_exit_2(args, message, tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_prompt_file_of_sft_conversations_is_refused_by_name(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "chats.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                {"role": "assistant", "content": "hello"}]}) + "\n")
+    assert main(["generate", f"model={tiny_dir / 'model'}", f"prompts_file={prompts}",
+                 f"output_dir={tmp_path / 'gen'}"]) == 2
+    err = capsys.readouterr().err
+    assert "chats.jsonl line 1: field 'messages': ends with the assistant's turn" in err
+    assert not (tmp_path / "gen").exists()
+
+
 def test_generate_and_best_of_n_write_their_outputs(tiny_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     assert main(["generate", f"model={tiny_dir / 'model'}", f"prompts_file={tiny_dir / 'prompts.jsonl'}", "n=2",

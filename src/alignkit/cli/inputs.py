@@ -55,13 +55,14 @@ def load_prompt_rows(config, tok):
 
     rows = load_rows(config.prompts_file, skip_invalid=False)
     prompts = []
+    if rows.format == "messages":  # chat turns that end with the assistant's: SFT examples, not prompts
+        raise DataError("ends with the assistant's turn: a prompt file's messages end with a turn for the model to "
+                        "answer (messages rows ending with the assistant's turn are SFT data)",
+                        location=rows.where(0), field="messages")
     for i, row in enumerate(rows):
         if "prompt" in row:
             prompts.append(row["prompt"])
             continue
-        if "messages" not in row:
-            raise DataError(f"has neither a 'prompt' nor a 'messages' column (a {rows.format} row)",
-                            location=rows.where(i))
         try:
             prompts.append(render_chat_prompt(row["messages"], tok, config.chat_template, config.system_prompt))
         except ValueError as e:

@@ -157,11 +157,10 @@ def run_rlaif(name: str, config) -> None:
     engine = make_generator(policy.to(accelerator.device), tok)
     labels = label_pairs_with_judge(prompts, tok, engine, judge(config), project(config, RLAIFConfig),
                                     rank=accelerator.process_index, world_size=accelerator.num_processes)
-    counts = {k: None if isinstance(v, float) and v != v else v for k, v in labels.counts.items()}  # JSON: no NaN
     if accelerator.is_main_process:
         labels.write_jsonl(out / "ai_labels.jsonl")
-        (out / "ai_labels_summary.json").write_text(json.dumps(counts, indent=2))
-        print(json.dumps(counts, indent=2))
+        (out / "ai_labels_summary.json").write_text(json.dumps(labels.counts, indent=2))
+        print(json.dumps(labels.counts, indent=2))
     if not labels.rows:
         raise UsageError(f"the judge kept none of the {labels.pairs_requested} pairs ({labels.dropped_low_confidence} "
                          f"judged with confidence at or below min_confidence={config.min_confidence}); there is "

@@ -32,6 +32,7 @@ __all__ = [
     "looks_rendered",
     "render_chat_prompt",
     "render_prompt_completion",
+    "with_system_turn",
     "DEFAULT_MESSAGE_FORMAT",
     "DEFAULT_GENERATION_PROMPT",
     "render_messages",
@@ -124,7 +125,12 @@ def _use_template(tokenizer, chat_template: str, system_prompt: str) -> bool:
     return True
 
 
-def _with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+def with_system_turn(messages: Sequence[dict], system_prompt: str) -> list[dict]:
+    """``messages`` after a system turn of ``system_prompt`` (none when it is empty). Turns that start with
+    their own system turn and a ``system_prompt`` are a ValueError: one of the two would be dropped."""
+    if system_prompt and messages and messages[0].get("role") == "system":
+        raise ValueError("system_prompt is set and the messages start with their own system turn: one would be "
+                         "dropped (leave system_prompt empty, or drop the system turn)")
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(messages)
 
 
@@ -135,11 +141,8 @@ def render_chat_prompt(messages: Sequence[dict], tokenizer, chat_template: str =
     (then it is an error: one would be dropped). ``chat_template=off`` is an error: turns are not text."""
     if chat_template == "off":
         raise ValueError("a messages prompt needs a chat template to become text, and chat_template=off")
-    if system_prompt and messages and messages[0].get("role") == "system":
-        raise ValueError("system_prompt is set and the messages start with their own system turn: one would be "
-                         "dropped (leave system_prompt empty, or drop the system turn)")
-    _use_template(tokenizer, "on" if chat_template == "on" else "auto", "")
-    text = render_messages(_with_system(messages, system_prompt), tokenizer, add_generation_prompt=True)
+    _use_template(tokenizer, chat_template, "")
+    text = render_messages(with_system_turn(messages, system_prompt), tokenizer, add_generation_prompt=True)
     return RenderedPrompt(text)
 
 
@@ -154,7 +157,7 @@ def render_prompt_completion(prompt: str, completion: str, tokenizer, chat_templ
         return prompt, completion, False
     if isinstance(prompt, RenderedPrompt) or (chat_template == "auto" and looks_rendered(prompt, tokenizer)):
         return prompt, completion, True
-    messages = _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+    messages = with_system_turn([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
                             system_prompt)
     text_prompt, text_completion = split_messages(messages, tokenizer)
     return text_prompt, text_completion, True
@@ -190,5 +193,5 @@ def render_prompt(prompt: str, tokenizer, chat_template: str = "off", system_pro
             raise ValueError(f"system_prompt is set but the prompt is already rendered (it holds the template's "
                              f"special tokens): {prompt[:60]!r}...")
         return prompt, True
-    messages = _with_system([{"role": "user", "content": prompt}], system_prompt)
+    messages = with_system_turn([{"role": "user", "content": prompt}], system_prompt)
     return render_messages(messages, tokenizer, add_generation_prompt=True), True

@@ -116,14 +116,7 @@ def validate_prompt_messages(messages: Any, field: str = "messages") -> list[dic
     one not the assistant's (the model writes that). Returns a shallow copy."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise DataError("must be a non-empty list of {'role', 'content'} dicts", field=field)
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise DataError(f"must be a {{'role', 'content'}} dict, got {type(message).__name__}",
-                            field=f"{field}[{i}]")
-        _text(message, "role", f"{field}[{i}].role")
-        _text(message, "content", f"{field}[{i}].content")
-        out.append(dict(message))
+    out = _turns(messages, field)
     if out[-1]["role"] == "assistant":
         raise DataError("the last turn is the assistant's; a prompt ends with a turn the model answers",
                         field=f"{field}[{len(out) - 1}].role")
@@ -160,6 +153,17 @@ def validate_messages(messages: Any, field: str = "messages") -> list[dict]:
         raise DataError(
             f"has {len(messages)} message(s); need at least one turn before the final assistant turn", field=field
         )
+    out = _turns(messages, field)
+    if out[-1]["role"] != "assistant":
+        raise DataError(
+            f"role is {out[-1]['role']!r}; the last message must be the assistant's (it is the completion)",
+            field=f"{field}[{len(out) - 1}].role",
+        )
+    return out
+
+
+def _turns(messages, field: str) -> list[dict]:
+    """Each message a ``{"role", "content"}`` dict with both non-blank; a shallow copy of each (extra keys kept)."""
     out = []
     for i, message in enumerate(messages):
         here = f"{field}[{i}]"
@@ -168,11 +172,6 @@ def validate_messages(messages: Any, field: str = "messages") -> list[dict]:
         _text(message, "role", f"{here}.role")
         _text(message, "content", f"{here}.content")
         out.append(dict(message))
-    if out[-1]["role"] != "assistant":
-        raise DataError(
-            f"role is {out[-1]['role']!r}; the last message must be the assistant's (it is the completion)",
-            field=f"{field}[{len(out) - 1}].role",
-        )
     return out
 
 

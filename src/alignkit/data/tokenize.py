@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .chat import render_prompt_completion, split_messages
+from .chat import render_prompt_completion, split_messages, with_system_turn
 from .errors import DataError, LocatedList
 from .formats import normalize_row
 
@@ -247,12 +247,11 @@ def tokenize_sft(
                                 {"role": "assistant", "content": _answer_text(row, where[i])}]}
         try:
             if "messages" in row:
-                messages = row["messages"]
-                if system_prompt and messages[0]["role"] == "system":
-                    raise DataError("starts with its own system turn and system_prompt is set: one would be dropped "
-                                    "(leave system_prompt empty, or drop the rows' system turns)", field="messages")
-                system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-                prompt, completion = split_messages(system + messages, tokenizer)
+                try:
+                    messages = with_system_turn(row["messages"], system_prompt)
+                except ValueError as e:
+                    raise DataError(str(e), field="messages") from None
+                prompt, completion = split_messages(messages, tokenizer)
             else:
                 prompt, completion, _ = render_prompt_completion(row["prompt"], row["completion"], tokenizer,
                                                                  chat_template, system_prompt)

@@ -152,12 +152,12 @@ class AILabels:
         return self._dropped("low_confidence")
 
     @property
-    def mean_confidence(self) -> float:
-        """Mean ``judge_prob`` of the kept rows (NaN when none is kept)."""
-        return sum(r["judge_prob"] for r in self.rows) / len(self.rows) if self.rows else float("nan")
+    def mean_confidence(self) -> float | None:
+        """Mean ``judge_prob`` of the kept rows (None when none is kept: JSON has no NaN)."""
+        return sum(r["judge_prob"] for r in self.rows) / len(self.rows) if self.rows else None
 
     @property
-    def counts(self) -> dict[str, float]:
+    def counts(self) -> dict[str, float | None]:
         """Everything a log needs: ``pairs`` kept, ``dropped_<reason>``, ``resampled``, ``mean_confidence``."""
         return {"prompts": self.num_prompts, "pairs_requested": self.pairs_requested, "pairs": len(self.rows),
                 **{f"dropped_{r}": self._dropped(r) for r in DROP_REASONS}, "resampled": self.resampled,

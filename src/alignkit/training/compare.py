@@ -44,11 +44,11 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     dirs = [Path(d) for d in run_dirs]
     labels = run_labels(dirs)
     records = {label: read_metrics(d / "metrics.jsonl") for label, d in zip(labels, dirs, strict=True)}
-    rows = [{"run": label, "trainer": _trainer_of(d) or "", "logged steps": len(records[label]),
+    trainers = {label: _trainer_of(d) for label, d in zip(labels, dirs, strict=True)}
+    rows = [{"run": label, "trainer": trainers[label] or "", "logged steps": len(records[label]),
              "directory": str(d)} for label, d in zip(labels, dirs, strict=True)]
     sections = [("Runs", html_table(rows))]
-    points = [p for label, d in zip(labels, dirs, strict=True)
-              for p in points_from_metrics(records[label], label, method=_trainer_of(d))]
+    points = [p for label in labels for p in points_from_metrics(records[label], label, method=trainers[label])]
     if points:
         drawn = sorted({p["run"] for p in points}, key=labels.index)
         left_out = [label for label in labels if label not in drawn]

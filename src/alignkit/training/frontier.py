@@ -84,6 +84,8 @@ def plot_frontier(points: list[dict], path: str | Path, title: str = "Reward-KL 
     marker per checkpoint, the last checkpoint ringed; Best-of-N dashed and labelled with its n."""
     from matplotlib.figure import Figure
 
+    from .report import save_figure
+
     if not points:
         raise ValueError("no frontier points to plot")
     runs: dict[str, list[dict]] = {}
@@ -120,9 +122,4 @@ def plot_frontier(points: list[dict], path: str | Path, title: str = "Reward-KL 
         ax.grid(alpha=0.3)
         ax.axvline(0, color="#999", linewidth=0.8)
     axes[-1].legend(fontsize=8, loc="best")
-    fig.suptitle(title + " (a marker per checkpoint, the last one ringed)", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path
+    return save_figure(fig, title + " (a marker per checkpoint, the last one ringed)", path, dpi=90, fontsize=11)

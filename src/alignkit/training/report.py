@@ -26,7 +26,8 @@ from pathlib import Path
 from .metrics import read_jsonl as _read_jsonl
 
 __all__ = ["PLOT_GROUPS", "read_metrics", "read_samples", "metric_series", "group_of", "plot_metrics",
-           "plot_comparison", "smooth", "axis_label", "write_report", "append_samples", "html_table", "html_image"]
+           "plot_comparison", "save_figure", "smooth", "axis_label", "write_report", "append_samples", "html_table",
+           "html_image"]
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,6 @@ def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: s
     series of :data:`SMOOTH_FROM` points or more smoothed (:func:`smooth`) with the raw values faint behind.
     Non-finite points are left out of the line (they stay in metrics.jsonl).
     """
-    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
-
     plot_dir = Path(plot_dir)
     grouped: dict[str, list[tuple[str, list[float], list[float]]]] = {}
     for key, (xs, ys) in series.items():
@@ -175,23 +174,36 @@ def plot_metrics(series: dict[str, tuple[list[float], list[float]]], plot_dir: s
         panels = grouped.get(group.name, [])[:max_panels]
         if not panels:
             continue
-        cols = min(3, len(panels))
-        rows = math.ceil(len(panels) / cols)
-        fig = Figure(figsize=(4.2 * cols, 2.9 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax, (key, xs, ys) in zip(axes.flat, panels, strict=False):
+        fig, axes = _panel_grid(len(panels), max_cols=3, panel_size=(4.2, 2.9))
+        for ax, (key, xs, ys) in zip(axes, panels, strict=True):
             _draw(ax, xs, ys)
             ax.set_title(key, fontsize=10)
             _label_axes(ax, "step", axis_label(key))
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        fig.suptitle(group.title, fontsize=12)
-        fig.tight_layout()
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        path = plot_dir / f"{group.name}.png"
-        fig.savefig(path, dpi=80)
-        written.append((group, path))
+        written.append((group, save_figure(fig, group.title, plot_dir / f"{group.name}.png")))
     return written
+
+
+def _panel_grid(n: int, max_cols: int, panel_size: tuple[float, float], sharex: bool = False):
+    """``(figure, the first n axes)`` of a grid of at most ``max_cols`` columns; the grid's unused cells hidden."""
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
+
+    cols = min(max_cols, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows))
+    axes = list(fig.subplots(rows, cols, squeeze=False, sharex=sharex).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def save_figure(fig, title: str, path: str | Path, dpi: int = 80, fontsize: int = 12) -> Path:
+    """Title, lay out and write ``fig`` as a PNG at ``path`` (its folder made); returns the path."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def _label_axes(ax, x: str, y: str) -> None:
@@ -209,18 +221,13 @@ def plot_comparison(runs: dict[str, list[dict]], keys: Sequence[str], path: str 
     """Several runs on shared axes: one panel per metric in ``keys`` that any run logged, one line per run (same
     colour in every panel), all panels on one step axis. ``runs``: ``{label: metrics records}`` (from
     :func:`read_metrics`). Returns the PNG path, or None when no run logged any of ``keys``."""
-    from matplotlib.figure import Figure
-
     series = {label: metric_series(records) for label, records in runs.items()}
     keys = [k for k in keys if any(k in s for s in series.values())]
     if not keys:
         return None
-    cols = min(2, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig = Figure(figsize=(5.6 * cols, 3.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    fig, axes = _panel_grid(len(keys), max_cols=2, panel_size=(5.6, 3.2), sharex=True)
     colours = [f"C{i % 10}" for i in range(len(series))]
-    for ax, key in zip(axes.flat, keys, strict=False):
+    for ax, key in zip(axes, keys, strict=True):
         for colour, (label, s) in zip(colours, series.items(), strict=True):
             if key in s:
                 xs, ys = _finite(*s[key])
@@ -229,15 +236,8 @@ def plot_comparison(runs: dict[str, list[dict]], keys: Sequence[str], path: str 
         ax.set_title(key, fontsize=10)
         _label_axes(ax, "step", axis_label(key))
         ax.xaxis.set_tick_params(labelbottom=True)  # every panel keeps its step ticks (the last row may be short)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    return path
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, title, path)
 
 
 def _config(run_dir: Path) -> dict:
