@@ -5,9 +5,9 @@ Usage: ``python -m benchmarks._memprobe MODULE:FUNCTION 'JSON_KWARGS'``.
 ``FUNCTION(**kwargs)`` must do its warm-up (a tiny call of the measured function, so that torch's thread
 pool and allocator start-up land in the baseline), create the inputs, and return a zero-argument callable:
 the measured call. Around that one call this script reads the process's peak resident size and prints one
-JSON line with ``peak_kib`` (the call's peak above the baseline) and the raw readings (``hwm_after_kib``: the
-process's whole peak during the call; ``rss_imports_kib``: the callable's attribute of that name, if any,
-e.g. the resident size after the imports and before the model was built).
+JSON line with ``peak_kib`` (the call's peak above the baseline), ``call_s`` (its wall time) and the raw
+readings (``hwm_after_kib``: the process's whole peak during the call; ``rss_imports_kib``: the callable's
+attribute of that name, if any, e.g. the resident size after the imports and before the model was built).
 
 Which counter: ``ru_maxrss`` (``getrusage``) is preserved across ``execve``, so a child started by a big
 parent (the benchmark runner holds GBs of tensors) begins with the *parent's* high-water mark and a
@@ -24,6 +24,7 @@ import importlib
 import json
 import resource
 import sys
+import time
 
 
 def _status_kib(field: str) -> int | None:
@@ -55,7 +56,9 @@ def main(argv: list[str]) -> None:
     reset = _reset_hwm()
     rss_before, hwm_before = _status_kib("VmRSS"), _status_kib("VmHWM")
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
     result = call()  # keep the result alive until after the readings
+    call_s = time.perf_counter() - started
     hwm_after = _status_kib("VmHWM")
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     del result
@@ -64,7 +67,7 @@ def main(argv: list[str]) -> None:
     else:
         method, peak = "ru_maxrss", maxrss_after - maxrss_before
     # optional: the resident size the probe function read before building anything (after its imports)
-    print(json.dumps({"peak_kib": peak, "method": method, "rss_before_kib": rss_before,
+    print(json.dumps({"peak_kib": peak, "method": method, "call_s": call_s, "rss_before_kib": rss_before,
                       "rss_imports_kib": getattr(call, "rss_imports_kib", None),
                       "hwm_before_kib": hwm_before, "hwm_after_kib": hwm_after,
                       "ru_maxrss_before_kib": maxrss_before, "ru_maxrss_after_kib": maxrss_after}))

@@ -1,7 +1,7 @@
 """Driver for tests that need a fresh process (resume) or several (torchrun data parallel).
 
 python -m tests.train.run_sft OUT_JSON OUTPUT_DIR MAX_STEPS [--save-steps N] [--resume PATH] [--accum K]
-    [--stop-after S] [--slow-writes SECONDS]
+    [--stop-after S] [--slow-writes SECONDS] [--max-micro-batch-tokens T]
 Writes {"losses": [...], "params": {name: flat list}} (rank 0 only).
 """
 
@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--save-steps", type=int, default=0)
     ap.add_argument("--resume", default="")
     ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--max-micro-batch-tokens", type=int, default=8192)
     ap.add_argument("--stop-after", type=int, default=None, help="simulate an interruption after this step")
     ap.add_argument("--slow-writes", type=float, default=0.0,
                     help="sleep this long before each fsync of a checkpoint or final file (widens the window in which "
@@ -40,7 +41,8 @@ def main():
     examples = tokenize_sft(load_rows(tasks.sft_rows(64), format="prompt_completion"), tok, max_length=32)
     cfg = SFTConfig(output_dir=args.output_dir, batch_size=8, grad_accum_steps=args.accum, max_steps=args.max_steps,
                     save_steps=args.save_steps, resume_from=args.resume, learning_rate=1e-2, warmup_steps=2,
-                    lr_scheduler="cosine", progress=False, tensorboard=False)
+                    lr_scheduler="cosine", max_micro_batch_tokens=args.max_micro_batch_tokens, progress=False,
+                    tensorboard=False)
     trainer = SFTTrainer(cfg, tasks.model(tok), examples, tokenizer=tok)
     print("training", flush=True)
     history = trainer.train(stop_after=args.stop_after)

@@ -41,7 +41,9 @@ def test_two_process_data_parallel_equals_one_process(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not found next to the interpreter")
     _run([tmp_path / "one.json", tmp_path / "one", 4])
-    _run([tmp_path / "two.json", tmp_path / "two", 4],
+    # the two processes also cut their 4 rows per step into parts of <= 12 padded tokens: 3 or 4 parts each, at
+    # step 3 not as many on both ranks (only each rank's last part all-reduces)
+    _run([tmp_path / "two.json", tmp_path / "two", 4, "--max-micro-batch-tokens", 12],
          launcher=(torchrun, "--nproc_per_node", "2", "--master_port", "29533"))
     one, two = _load(tmp_path / "one.json"), _load(tmp_path / "two.json")
     assert (one["world_size"], two["world_size"]) == (1, 2)  # really two processes (gloo), not two lone runs

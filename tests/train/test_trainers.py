@@ -145,6 +145,46 @@ def test_gradient_accumulation_invariance(tok, tmp_path, trainer):
         torch.testing.assert_close(finals[0][k], finals[1][k], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("trainer", ["sft", "reward", "dpo"])
+def test_a_token_budget_cuts_micro_batches_without_changing_the_trajectory(tok, tmp_path, trainer):
+    """max_micro_batch_tokens=0 (one forward of 8 examples per step) and a budget of 16 padded tokens (two short
+    SFT examples or one preference pair each: the batch is cut into parts) give the same losses, eval
+    metrics, reference log-probs and parameters; the budget must really cut (more forwards than steps)."""
+    runs = []
+    for budget in (0, 16):
+        forwards = []
+        cfg_kw = dict(output_dir=str(tmp_path / str(budget)), batch_size=8, max_steps=3, learning_rate=1e-2,
+                      max_micro_batch_tokens=budget, progress=False, tensorboard=False)
+        if trainer == "sft":
+            t = SFTTrainer(SFTConfig(**cfg_kw), tasks.model(tok), _sft_examples(tok), _sft_examples(tok, 8, 1),
+                           tokenizer=tok)
+        elif trainer == "reward":
+            rm = RewardModel.from_causal_lm(tasks.model(tok), pad_token_id=tok.pad_token_id)
+            t = RewardTrainer(RewardConfig(**cfg_kw), rm, _pref_examples(tok), _pref_examples(tok, 8, 1),
+                              tokenizer=tok)
+        else:
+            t = DPOTrainer(DPOConfig(**cfg_kw), tasks.model(tok), _pref_examples(tok), _pref_examples(tok, 8, 1),
+                           tokenizer=tok, reference=tasks.model(tok, seed=1))  # no ties at step 1: accuracy > 0
+        compute_loss = t.compute_loss
+        t.compute_loss = lambda model, batch, n: forwards.append(batch["input_ids"].shape) or compute_loss(
+            model, batch, n)
+        history = t.train()
+        reference = [ex[side] for ex in t.train_examples for side in ("ref_chosen_logp", "ref_rejected_logp")
+                     if "ref_chosen_logp" in ex]
+        runs.append((history, _params(t.model), reference, forwards))
+    (plain, plain_params, plain_ref, plain_fw), (cut, cut_params, cut_ref, cut_fw) = runs
+    assert len(plain_fw) == 3 + 1 and len(cut_fw) > 2 * len(plain_fw)  # 3 steps + the final evaluation
+    rows_per_example = 1 if trainer == "sft" else 2
+    assert all(rows * length <= 16 or rows == rows_per_example for rows, length in cut_fw)  # or one example
+    for a, b in zip(plain, cut, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    assert plain_ref == pytest.approx(cut_ref, abs=1e-5) and (trainer != "dpo" or plain_ref)
+    for k in plain_params:  # Adam's g / sqrt(v) turns float reordering into ~1e-5 moves; a lost part moves ~lr
+        torch.testing.assert_close(plain_params[k], cut_params[k], atol=1e-4, rtol=1e-5)
+
+
 def test_skipped_rows_are_counted_in_the_log(tok, tmp_path):
     rows = tasks.sft_rows(20) + [{"prompt": "the cat", "completion": ""}, {"prompt": 3, "completion": " a"}]
     with pytest.raises(ValueError, match=r"rows\[20\]"):

@@ -87,8 +87,8 @@ class DPOTrainer(Trainer):
 
     @torch.no_grad()
     def _attach_reference_logprobs(self, examples: list[dict], what: str) -> None:
-        """Reference log-probs of ``examples`` (in their order, ``micro_batch_size`` pairs per forward), with a
-        progress bar when ``progress`` is on."""
+        """Reference log-probs of ``examples`` (in their order, ``micro_batch_size`` pairs per forward, fewer where
+        ``max_micro_batch_tokens`` cuts them), with a progress bar when ``progress`` is on."""
         size = self.config.micro_batch_size
         starts = range(0, len(examples), size)
         if self.config.progress and self.accelerator.is_main_process and len(starts) > 1:
@@ -97,8 +97,9 @@ class DPOTrainer(Trainer):
             starts = tqdm(starts, desc=f"reference log-probs ({what}, {len(examples)} pairs)", dynamic_ncols=True)
         for start in starts:
             chunk = examples[start : start + size]
-            chosen, rejected = self._reference_logprobs(self._collator(chunk))
-            for ex, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+            logps = [self._reference_logprobs(batch) for batch in self.collated_parts(chunk, self._collator)]
+            chosen, rejected = (torch.cat(side).tolist() for side in zip(*logps, strict=True))
+            for ex, c, r in zip(chunk, chosen, rejected, strict=True):
                 ex["ref_chosen_logp"], ex["ref_rejected_logp"] = c, r
 
     def _reference_logprobs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

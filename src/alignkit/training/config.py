@@ -225,6 +225,10 @@ class TrainConfig(RunConfig):
     num_epochs: float = option(1.0, "passes over the training data when max_steps is 0", bounds="(0, inf)")
     eval_steps: int = option(0, "evaluate every this many steps (0 = only at the end, if there is eval data)",
                              bounds="[0, inf)")
+    max_micro_batch_tokens: int = option(
+        8192, "most padded tokens (rows x longest row) in one forward/backward pass: a micro-batch above it is "
+        "cut into smaller ones with the same gradient, so long rows lower the peak memory, not the batch "
+        "(0 = no limit)", bounds="[0, inf)")
     skip_invalid: bool = option(False, "skip malformed data rows (counted in the log) instead of failing")
     sample_max_new_tokens: int = option(64, "longest sample completion for the report", bounds="[1, inf)")
 

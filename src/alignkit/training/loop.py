@@ -483,6 +483,21 @@ class Trainer(TrainingLoop):
         size = per_rank // self.config.grad_accum_steps
         return [mine[i : i + size] for i in range(0, per_rank, size)]
 
+    def collated_parts(self, examples: list[dict], collate=None) -> list[dict]:
+        """``examples`` collated (by ``collate``, default :meth:`collate`) as one batch, or, when its padded
+        ``input_ids`` hold more than ``max_micro_batch_tokens`` tokens (rows x longest row), as contiguous
+        parts that each fit (one example at the least), in order. The loss of each part is normalised by the
+        whole batch's units, so the summed gradient is the same however the batch is cut; only the peak
+        memory of the forward and backward passes, which grows with the padded tokens, goes down."""
+        collate = collate or self.collate
+        batch = collate(examples)
+        budget, tokens = self.config.max_micro_batch_tokens, batch["input_ids"].numel()
+        if not budget or tokens <= budget or len(examples) == 1:
+            return [batch]
+        size = -(-len(examples) // min(len(examples), -(-tokens // budget)))
+        return [part for start in range(0, len(examples), size)
+                for part in self.collated_parts(examples[start : start + size], collate)]
+
     def training_step(self) -> dict[str, float]:
         """One optimiser step on the next global batch; returns its metrics."""
         indices = self.batcher.next_batch()
@@ -490,10 +505,10 @@ class Trainer(TrainingLoop):
         if normalizer <= 0:
             raise ValueError(f"step {self.step + 1}: the batch has no loss units (e.g. every label masked)")
         self.model.train()
-        micro = self._micro_batches(indices)
+        micro = [batch for chunk in self._micro_batches(indices)
+                 for batch in self.collated_parts([self.train_examples[i] for i in chunk])]
         totals: dict[str, float] = {}
-        for j, chunk in enumerate(micro):
-            batch = self.collate([self.train_examples[i] for i in chunk])
+        for j, batch in enumerate(micro):
             sync = nullcontext() if j == len(micro) - 1 else self.accelerator.no_sync(self.model)
             with sync:
                 with self.autocast():
@@ -540,8 +555,9 @@ class Trainer(TrainingLoop):
         n = float(self.count_units(self.eval_examples))
         totals: dict[str, float] = {}
         size = self.config.micro_batch_size
-        for start in range(0, len(self.eval_examples), size):
-            batch = self.collate(self.eval_examples[start : start + size])
+        batches = (batch for start in range(0, len(self.eval_examples), size)
+                   for batch in self.collated_parts(self.eval_examples[start : start + size]))
+        for batch in batches:
             with self.autocast():
                 _, metrics = self.compute_loss(model, batch, n)
             for k, v in metrics.items():
