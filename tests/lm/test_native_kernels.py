@@ -60,7 +60,7 @@ def test_rope_to_cache_matches_the_pytorch_rope_and_writes_one_slot(kernels, dty
     cos = torch.cat([angles.cos(), angles.cos()], -1).to(dtype)
     sin = torch.cat([-angles.sin(), angles.sin()], -1).to(dtype)  # signed sine, as the engine tabulates it
     positions = torch.randint(0, 40, (n,), generator=torch.Generator().manual_seed(4))
-    cache_k = torch.full((slots, n, kv_heads, head_dim), 7.0, dtype=dtype)
+    cache_k = torch.full((n, kv_heads, slots, head_dim), 7.0, dtype=dtype)
     cache_v = torch.full_like(cache_k, 7.0)
     q_out = torch.empty(n, heads, head_dim, dtype=dtype)
     feature_major = [t.reshape(n, -1).t().contiguous() for t in (q, k, v)]
@@ -68,35 +68,36 @@ def test_rope_to_cache_matches_the_pytorch_rope_and_writes_one_slot(kernels, dty
     c, s = cos[positions][:, None], sin[positions][:, None]
     # same products and sum, each rounded as the tensor ops round them: bitwise equal
     assert torch.equal(q_out, _apply_rope(q, c, s))
-    assert torch.equal(cache_k[slot], _apply_rope(k, c, s))
-    assert torch.equal(cache_v[slot], v)
+    assert torch.equal(cache_k[:, :, slot], _apply_rope(k, c, s))
+    assert torch.equal(cache_v[:, :, slot], v)
     others = [i for i in range(slots) if i != slot]
-    assert (cache_k[others] == 7).all() and (cache_v[others] == 7).all()
+    assert (cache_k[:, :, others] == 7).all() and (cache_v[:, :, others] == 7).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("span", [1, 64, 150])
 def test_decode_attention_matches_sdpa(kernels, dtype, span):
-    # GQA (4 query heads on 2 key/value heads), several blocks of the online softmax (150 = 64 + 64 + 22),
-    # a row whose whole first block is masked, and NaN in every slot it must not read
+    # GQA (4 query heads on 2 key/value heads), spans of one slot to most of the cache (150 = 9 blocks of 16 and
+    # a partial one), a row whose first 70 slots are masked, one with every other slot masked, and NaN in every
+    # slot it must not read
     n, heads, kv_heads, head_dim, slots = 5, 4, 2, 16, 160
     q = _randn(n, heads, head_dim, seed=1, dtype=dtype, scale=2)
-    cache_k = _randn(slots, n, kv_heads, head_dim, seed=2, dtype=dtype, scale=2)
-    cache_v = _randn(slots, n, kv_heads, head_dim, seed=3, dtype=dtype)
+    cache_k = _randn(n, kv_heads, slots, head_dim, seed=2, dtype=dtype, scale=2)
+    cache_v = _randn(n, kv_heads, slots, head_dim, seed=3, dtype=dtype)
     mask = torch.ones(n, slots, dtype=torch.bool)
     mask[1, :3] = False
     mask[2, : min(70, span - 1)] = False
     mask[3, 1::2] = False
     mask[:, span - 1] = True  # the step's own slot
     for cache in (cache_k, cache_v):
-        cache[span:] = float("nan")
-        cache.permute(1, 0, 2, 3)[~mask] = float("nan")
+        cache[:, :, span:] = float("nan")
+        cache.transpose(1, 2)[~mask] = float("nan")
     out = torch.empty(n, heads * head_dim, dtype=dtype)
-    workspace = kernels.attention_workspace(n, heads, head_dim)
+    workspace = kernels.attention_workspace(n, heads, head_dim, slots)
     kernels.decode_attention(q, cache_k, cache_v, mask, span, head_dim**-0.5, out, workspace)
 
-    keys = cache_k[:span].permute(1, 2, 0, 3).double().repeat_interleave(2, dim=1).nan_to_num()
-    values = cache_v[:span].permute(1, 2, 0, 3).double().repeat_interleave(2, dim=1).nan_to_num()
+    keys = cache_k[:, :, :span].double().repeat_interleave(2, dim=1).nan_to_num()
+    values = cache_v[:, :, :span].double().repeat_interleave(2, dim=1).nan_to_num()
     ref = torch.nn.functional.scaled_dot_product_attention(q.double()[:, :, None], keys, values,
                                                            attn_mask=mask[:, None, None, :span], scale=head_dim**-0.5)
     ref = ref.reshape(n, heads * head_dim)

@@ -7,8 +7,10 @@ One decoding loop (:class:`KVCacheGenerator`) over one of two forward backends:
   No per-step mask building, cache concatenation or output objects, which is where ``model.generate``
   spends its time on small and medium models. On CPU, in fp32 or bf16, each decode step runs the fused C
   kernels of :mod:`alignkit.generation.native` between the model's GEMMs (residual add + RMSNorm, RoPE +
-  cache write, attention over a slot-major cache, SiLU-mul; plain sampling too) on feature-major
-  activations ``[features, N]``, so each GEMM is ``W @ x`` without a transpose. Elsewhere (no C compiler,
+  cache write, attention over the cache in blocks of 16 slots, SiLU-mul; plain sampling too) on feature-major
+  activations ``[features, N]``, so each GEMM is ``W @ x`` without a transpose; in fp32 the GEMMs are the
+  native decode GEMM too (each weight streamed once with the next rows prefetched: the step is bound by
+  reading the weights, which MKL's GEMM reads at about half the memory bandwidth here). Elsewhere (no C compiler,
   another dtype or device, another norm or MLP) the same step runs as PyTorch ops on ``[N, d]``
   activations with weight-major GEMMs ``(W @ x.T).T``, RMSNorm and RoPE as transformers computes them and,
   outside fp32, an attention over fixed-size buckets of the cache. docs/benchmarks.md measures both
@@ -60,13 +62,16 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-def _feature_major_linear(module: torch.nn.Module):
+def _feature_major_linear(module: torch.nn.Module, kernels=None):
     """``module`` on feature-major activations: ``x [in, N] -> [out, N]`` (contiguous; ``x`` may be a
-    transposed view). A plain ``nn.Linear`` is one GEMM ``W @ x`` (+ bias); any other module (a LoRA
-    wrapper) is called on ``x.t()`` as it is."""
+    transposed view). A plain ``nn.Linear`` is one GEMM ``W @ x`` (+ bias): the native fp32 decode GEMM when
+    ``kernels`` (:class:`~alignkit.generation.native.DecodeKernels`) has it and the weight is fp32, else
+    ``torch.mm``; any other module (a LoRA wrapper) is called on ``x.t()`` as it is."""
     if type(module) is not torch.nn.Linear:
         return lambda x: module(x.t()).t().contiguous()
     weight, bias = module.weight, module.bias
+    if kernels is not None and kernels.has_linear and weight.dtype == torch.float32 and weight.is_contiguous():
+        return lambda x: kernels.linear(weight, x, bias)
     if bias is None:
         return lambda x: torch.mm(weight, x)
     return lambda x: torch.addmm(bias[:, None], weight, x)
@@ -175,6 +180,9 @@ class LlamaStaticCacheBackend:
                                                                          layer.post_attention_layernorm))]
         if any(norm.weight.dtype != like.dtype for norm in norms):
             return None
+        kernels = load_decode_kernels()
+        if kernels is None or self.head_dim > kernels.max_head_dim:
+            return None
         layers = []
         for layer in self.decoder.layers:
             attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
@@ -183,13 +191,13 @@ class LlamaStaticCacheBackend:
             norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
             layers.append((
                 norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
-                *(_feature_major_linear(getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")),
-                *(_feature_major_linear(proj) for proj in gated[:3]),
+                *(_feature_major_linear(getattr(attn, name), kernels) for name in ("q_proj", "k_proj", "v_proj",
+                                                                                   "o_proj")),
+                *(_feature_major_linear(proj, kernels) for proj in gated[:3]),
             ))
-        kernels = load_decode_kernels()
-        if kernels is None or self.head_dim > kernels.max_head_dim:
-            return None
-        return kernels, layers, (final.weight, final.variance_epsilon)
+        head = self.model.lm_head
+        head = _feature_major_linear(head, kernels) if type(head) is torch.nn.Linear else None
+        return kernels, layers, (final.weight, final.variance_epsilon), head
 
     def _decode_native(self, tokens: torch.Tensor) -> torch.Tensor:
         """:meth:`_decode` with the native kernels (:mod:`alignkit.generation.native`) on feature-major
@@ -199,7 +207,7 @@ class LlamaStaticCacheBackend:
         and the other step buffers, made at prefill, are reused across layers and steps (each GEMM has read
         ``x`` before the next kernel writes it). Returns the final hidden states as a ``[N, d]`` view of ``x``,
         valid until the next step."""
-        kernels, layers, (final_weight, final_eps) = self.native
+        kernels, layers, (final_weight, final_eps), _ = self.native
         x, q_rot, attn_out, workspace = self.step_buffers
         h = self.decoder.embed_tokens(tokens).t().contiguous()  # [d, N]
         slot = self.length
@@ -270,8 +278,6 @@ class LlamaStaticCacheBackend:
 
     def cache_slots(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``idx``'s key and value caches as ``[N, H_kv, L, D]`` views, whatever their layout."""
-        if self.native:
-            return self.cache_k[idx].permute(1, 2, 0, 3), self.cache_v[idx].permute(1, 2, 0, 3)
         return self.cache_k[idx], self.cache_v[idx]
 
     def _repeat_kv(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,10 +421,9 @@ class LlamaStaticCacheBackend:
         like = self.decoder.embed_tokens.weight
         self._make_rope_table(like[:1, None], int(self.next_pos.max()) + max_new_tokens)
         self.native = self._native_plan(like)
-        # the native kernels read a slot-major cache [L, N, H_kv, D] (the slots of a step are one block);
-        # the PyTorch path reads [N, H_kv, L, D]. cache_slots() gives either as the latter.
-        shape = (total, n, self.num_kv_heads, self.head_dim) if self.native else (n, self.num_kv_heads, total,
-                                                                                   self.head_dim)
+        # [N, H_kv, L, D] for both paths: the slots of a row's key/value head are one block (the native attention
+        # reads them in blocks of 16)
+        shape = (n, self.num_kv_heads, total, self.head_dim)
         layers = len(self.decoder.layers)
         self.cache_k = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
         self.cache_v = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
@@ -426,7 +431,7 @@ class LlamaStaticCacheBackend:
             heads, head_dim = self.num_heads, self.head_dim
             self.step_buffers = (like.new_empty((like.shape[1], n)), like.new_empty((n, heads, head_dim)),
                                  like.new_empty((n, heads * head_dim)),
-                                 self.native[0].attention_workspace(n, heads, head_dim))
+                                 self.native[0].attention_workspace(n, heads, head_dim, total))
         self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
@@ -446,7 +451,8 @@ class LlamaStaticCacheBackend:
         self.key_mask[:, self.length] = True
         h = self._decode(tokens)
         self.next_pos = self.next_pos + 1
-        logits = self.decode_head(h)
+        native_head = self.native[3] if self.native else None
+        logits = native_head(h.t()).t() if native_head else self.decode_head(h)
         return logits.contiguous() if contiguous else logits
 
     def release(self) -> None:

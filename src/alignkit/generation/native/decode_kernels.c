@@ -60,24 +60,149 @@ static inline float fast_expf(float x)
 
 long alignkit_max_head_dim(void) { return MAX_HEAD_DIM; }
 
-/* floats of decode_attention's work buffer per (row, head), for head size D */
-long alignkit_attention_work(long D) { return 2 * D + 64 + 2; }
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC's vector extension: one 16-float vector (one AVX-512 register, or what the target has), unaligned */
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+typedef int v16i __attribute__((vector_size(64)));
+
+/* The 16 horizontal sums of a[0..15] as one vector (lane l = the sum of a[l]'s lanes): four levels, each
+ * adding the two halves of pairs of vectors interleaved so that lanes keep their owner. */
+static inline v16f hsum16(const v16f *a)
+{
+    static const v16i lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const v16i hi1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const v16i lo2 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    static const v16i hi2 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    static const v16i lo3 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    static const v16i hi3 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+    static const v16i lo4 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    static const v16i hi4 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+    v16f b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++) /* b[i]: 8 partial sums each of a[2i], a[2i+1] */
+        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo1) + __builtin_shuffle(a[2 * i], a[2 * i + 1], hi1);
+    for (int i = 0; i < 4; i++) /* c[i]: 4 each of a[4i .. 4i+3] */
+        c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], lo2) + __builtin_shuffle(b[2 * i], b[2 * i + 1], hi2);
+    for (int i = 0; i < 2; i++) /* d[i]: 2 each of a[8i .. 8i+7] */
+        d[i] = __builtin_shuffle(c[2 * i], c[2 * i + 1], lo3) + __builtin_shuffle(c[2 * i], c[2 * i + 1], hi3);
+    return __builtin_shuffle(d[0], d[1], lo4) + __builtin_shuffle(d[0], d[1], hi4);
+}
+
+/* The fp32 decode GEMM, out [M, N] = W [M, K] @ x [K, N] (+ bias [M]): a few columns (N = the batch's rows),
+ * so the weight is the traffic. R rows of W at a time against NVB vectors of 16 columns, R * NVB accumulators
+ * in registers, each weight read once from memory as a broadcast operand of NVB fused multiply-adds (the sum
+ * over k in order, so a column's result does not depend on the other columns). While a block of rows is
+ * computed, the next block (the next R*K floats, contiguous) is prefetched into L2, one line per 16 k per row:
+ * R short row streams are where the hardware prefetcher falls behind (this doubles the bandwidth reached on
+ * SmolLM2's shapes). x: rows of stride ldx (a multiple of 16 and >= N; columns past N are read, not used). */
+#define GEMM_BLOCK(NVB, R)                                                                                     \
+    __attribute__((optimize("fp-contract=fast"))) static void gemm_rows_##NVB(                               \
+        const float *W, const float *x, long ldx, const float *bias, float *out, long m0, long m1, long K,    \
+        long N, long c0)                                                                                      \
+    {                                                                                                         \
+        long m = m0;                                                                                          \
+        for (; m + R <= m1; m += R) {                                                                         \
+            v16f acc[R][NVB];                                                                                 \
+            for (int r = 0; r < R; r++)                                                                       \
+                for (int v = 0; v < NVB; v++)                                                                 \
+                    acc[r][v] = (v16f){0};                                                                    \
+            const float *w = W + m * K;                                                                       \
+            const char *next = (const char *)(w + R * K);                                                     \
+            for (long k0 = 0; k0 < K; k0 += 16) {                                                             \
+                for (int r = 0; r < R; r++)                                                                   \
+                    __builtin_prefetch(next + ((k0 / 16) * R + r) * 64, 0, 1);                                \
+                long k1 = k0 + 16 < K ? k0 + 16 : K;                                                          \
+                for (long k = k0; k < k1; k++) {                                                              \
+                    v16f xv[NVB];                                                                             \
+                    for (int v = 0; v < NVB; v++)                                                             \
+                        xv[v] = *(const v16f *)(x + k * ldx + c0 + 16 * v);                                   \
+                    for (int r = 0; r < R; r++)                                                               \
+                        for (int v = 0; v < NVB; v++)                                                         \
+                            acc[r][v] += w[r * K + k] * xv[v];                                                \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int r = 0; r < R; r++)                                                                       \
+                gemm_store(acc[r], NVB, bias ? bias[m + r] : 0.0f, out + (m + r) * N, c0, N);                 \
+        }                                                                                                     \
+        for (; m < m1; m++) {                                                                                 \
+            v16f acc[NVB];                                                                                    \
+            for (int v = 0; v < NVB; v++)                                                                     \
+                acc[v] = (v16f){0};                                                                           \
+            const float *w = W + m * K;                                                                       \
+            for (long k = 0; k < K; k++)                                                                      \
+                for (int v = 0; v < NVB; v++)                                                                 \
+                    acc[v] += w[k] * *(const v16f *)(x + k * ldx + c0 + 16 * v);                              \
+            gemm_store(acc, NVB, bias ? bias[m] : 0.0f, out + m * N, c0, N);                                  \
+        }                                                                                                     \
+    }
+
+/* row[c0 + 16v + l] = bias + acc[v][l] for the columns below N */
+static inline void gemm_store(const v16f *acc, int nvb, float bias, float *row, long c0, long N)
+{
+    for (int v = 0; v < nvb; v++) {
+        long c = c0 + 16 * v;
+        if (c + 16 <= N) {
+            *(v16f *)(row + c) = acc[v] + bias;
+        } else {
+            float lanes[16];
+            memcpy(lanes, &acc[v], sizeof lanes);
+            for (long l = 0; c + l < N; l++)
+                row[c + l] = lanes[l] + bias;
+        }
+    }
+}
+
+GEMM_BLOCK(1, 8)
+GEMM_BLOCK(2, 6)
+GEMM_BLOCK(3, 4)
+GEMM_BLOCK(4, 4)
+
+void gemm_f32(const float *W, const float *x, long ldx, const float *bias, float *out, long M, long K, long N,
+              long threads)
+{
+    long vectors = (N + 15) / 16;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        long nt = omp_get_num_threads(), id = omp_get_thread_num();
+        long blocks = (M + 7) / 8, m0 = blocks * id / nt * 8, m1 = blocks * (id + 1) / nt * 8;
+        m1 = m1 < M ? m1 : M;
+        for (long v0 = 0; v0 < vectors; v0 += 4) {
+            long left = vectors - v0, c0 = 16 * v0;
+            if (left >= 4)
+                gemm_rows_4(W, x, ldx, bias, out, m0, m1, K, N, c0);
+            else if (left == 3)
+                gemm_rows_3(W, x, ldx, bias, out, m0, m1, K, N, c0);
+            else if (left == 2)
+                gemm_rows_2(W, x, ldx, bias, out, m0, m1, K, N, c0);
+            else
+                gemm_rows_1(W, x, ldx, bias, out, m0, m1, K, N, c0);
+        }
+    }
+}
+long alignkit_has_gemm(void) { return 1; }
+#define VECTOR_EXTENSION 1
+#else
+long alignkit_has_gemm(void) { return 0; }
+#define VECTOR_EXTENSION 0
+#endif
 
 #define T float
 #define FN(name) name##_f32
 #define LD(v) (v)
 #define ST(f) (f)
 #define RND(f) (f)
+#define SCORES_BLOCKED VECTOR_EXTENSION
 #include "decode_kernels_body.h"
 #undef T
 #undef FN
 #undef LD
 #undef ST
 #undef RND
+#undef SCORES_BLOCKED
 
 #define T uint16_t
 #define FN(name) name##_bf16
 #define LD(v) bf16_load(v)
 #define ST(f) bf16_store(f)
 #define RND(f) bf16_load(bf16_store(f))
+#define SCORES_BLOCKED 0
 #include "decode_kernels_body.h"

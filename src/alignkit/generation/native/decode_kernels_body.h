@@ -49,8 +49,7 @@ void FN(add_rms_norm)(T *h, const T *r, const T *w, T *out, long n, long d, floa
 
 /* Rotary embedding of the step's queries and keys at positions pos[i], keys and values written to cache
  * slot `slot`. q: [H*D, n], k and v: [Hk*D, n]; cos_t, sin_t: [positions, D] tables, the sine's first half
- * negated, so rope(x)[j] = x[j] cos[j] + x[(j + D/2) mod D] sin[j]; q_out: [n, H, D]; caches: slot-major
- * [L, n, Hk, D].
+ * negated, so rope(x)[j] = x[j] cos[j] + x[(j + D/2) mod D] sin[j]; q_out: [n, H, D]; caches: [n, Hk, L, D].
  * Each head of a block of rows is first gathered into a row-major buffer (one cache line per feature
  * read), then rotated row by row with contiguous loads and stores; blocks go to torch's OpenMP threads. */
 static void FN(rope_heads)(const T *x, long n, long i0, long m, long heads, long D, const T *cos_t,
@@ -82,110 +81,103 @@ static void FN(rope_heads)(const T *x, long n, long i0, long m, long heads, long
 }
 
 void FN(rope_to_cache)(const T *q, const T *k, const T *v, const T *cos_t, const T *sin_t, const long *pos,
-                       T *q_out, T *cache_k, T *cache_v, long n, long H, long Hk, long D, long slot)
+                       T *q_out, T *cache_k, T *cache_v, long n, long H, long Hk, long D, long L, long slot)
 {
-    T *k_slot = cache_k + slot * n * Hk * D, *v_slot = cache_v + slot * n * Hk * D;
     #pragma omp parallel for schedule(static) if (n >= 2 * ROW_BLOCK)
     for (long i0 = 0; i0 < n; i0 += ROW_BLOCK) {
         long m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
         FN(rope_heads)(q, n, i0, m, H, D, cos_t, sin_t, pos, q_out, H * D, D, 1);
-        FN(rope_heads)(k, n, i0, m, Hk, D, cos_t, sin_t, pos, k_slot, Hk * D, D, 1);
-        FN(rope_heads)(v, n, i0, m, Hk, D, cos_t, sin_t, pos, v_slot, Hk * D, D, 0);
+        FN(rope_heads)(k, n, i0, m, Hk, D, cos_t, sin_t, pos, cache_k + slot * D, Hk * L * D, L * D, 1);
+        FN(rope_heads)(v, n, i0, m, Hk, D, cos_t, sin_t, pos, cache_v + slot * D, Hk * L * D, L * D, 0);
     }
 }
 
-/* Attention of one query per row over cache slots [0, span). q: [n, H, D]; caches: slot-major [L, n, Hk, D],
- * so the slots read at each step are one contiguous block (query head h reads key/value head h / (H / Hk));
- * key_mask: [n, L] rows of stride mask_sn (1 = may attend; NULL: every slot); out: [n, H*D]. The rows are
- * split over `threads` threads; each streams its part of each slot, in blocks of ATTN_BLOCK slots, with an
- * online softmax in fp32 per (row, head) (running max, sum and weighted values in a work buffer `work` of
- * n * H * alignkit_attention_work(D) floats). A row with no key it may attend gets zeros. */
-#define ATTN_BLOCK 64
+/* Scores s[t] = q . keys[t] of one query (q: D floats, pre-scaled) over slots [0, span) of one key head
+ * (keys: [L, D], rows of D). Where the element type is fp32 and D a multiple of 16 (SCORES_BLOCKED), slots go
+ * in blocks of 16: sixteen dot products as lane-wise partial sums in sixteen vectors, then one transposing
+ * sum (hsum16) gives their 16 scores as one vector; the last, partial block and other types take one dot
+ * product per slot. A slot past span is never read. */
+static void FN(scores)(const float *q, const T *keys, const T *prefetch_values, float *s, long D, long span)
+{
+    long t0 = 0;
+#if SCORES_BLOCKED
+    if (D % 16 == 0)
+        for (; t0 + 16 <= span; t0 += 16) {
+            if (prefetch_values)
+                for (long e = 0; e < 16 * D; e += 16) {
+                    __builtin_prefetch(keys + (t0 + 16) * D + e, 0, 3);
+                    __builtin_prefetch(prefetch_values + t0 * D + e, 0, 3);
+                }
+            v16f acc[16];
+            for (int t = 0; t < 16; t++)
+                acc[t] = (v16f){0};
+            for (long j = 0; j < D; j += 16) {
+                v16f qv = *(const v16f *)(q + j);
+                for (int t = 0; t < 16; t++)
+                    acc[t] += qv * *(const v16f *)(keys + (t0 + t) * D + j);
+            }
+            *(v16f *)(s + t0) = hsum16(acc);
+        }
+#endif
+    for (long t = t0; t < span; t++) {
+        const T *k = keys + t * D;
+        float dot = 0.0f;
+        #pragma omp simd reduction(+ : dot)
+        for (long j = 0; j < D; j++)
+            dot += q[j] * LD(k[j]);
+        s[t] = dot;
+    }
+}
+
+/* Attention of one query per row over cache slots [0, span). q: [n, H, D]; caches: [n, Hk, L, D] (the slots
+ * of a key/value head are rows of D, one contiguous block); query head h reads key/value head h / (H / Hk);
+ * key_mask: [n, L] rows of stride mask_sn (1 = may attend; NULL: every slot); out: [n, H*D]; work: n * H *
+ * (L + D) floats (each query's scaled copy and its scores, then weights). The (row, key/value head) pairs are
+ * split over `threads` threads. Per query head: the scores of all slots (FN(scores)), the softmax in fp32,
+ * then the weighted sum of the value rows. Masked slots are never read for their values (they may hold
+ * anything); a row with no key it may attend gets zeros. */
 void FN(decode_attention)(const T *q, const T *cache_k, const T *cache_v, const unsigned char *key_mask,
-                          long mask_sn, T *out, long n, long H, long Hk, long D, long span, float scale,
+                          long mask_sn, T *out, long n, long H, long Hk, long D, long L, long span, float scale,
                           float *work, long threads)
 {
-    long rep = H / Hk, items = n * H, slot_size = n * Hk * D;
-    float *acc = work, *qs = acc + items * D, *sc = qs + items * D, *run_max = sc + items * ATTN_BLOCK;
-    float *run_sum = run_max + items;
-    #pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        long nt = omp_get_num_threads(), id = omp_get_thread_num();
-        long r0 = n * id / nt, r1 = n * (id + 1) / nt;
-        for (long it = r0 * H; it < r1 * H; it++) {
-            run_max[it] = -INFINITY, run_sum[it] = 0.0f;
-            for (long j = 0; j < D; j++) {
-                acc[it * D + j] = 0.0f;
-                qs[it * D + j] = LD(q[it * D + j]) * scale;
-            }
-        }
-        for (long start = 0; start < span; start += ATTN_BLOCK) {
-            long count = span - start < ATTN_BLOCK ? span - start : ATTN_BLOCK;
-            /* scores of the block, slot by slot: this thread's keys of a slot are one contiguous run */
-            for (long t = 0; t < count; t++) {
-                const T *kt = cache_k + (start + t) * slot_size;
-                for (long i = r0; i < r1; i++) {
-                    int masked = key_mask && !key_mask[i * mask_sn + start + t];
-                    for (long h = 0; h < H; h++) {
-                        long it = i * H + h;
-                        const T *k = kt + (i * Hk + h / rep) * D;
-                        const float *qf = qs + it * D;
-                        if (t + 1 < count)
-                            for (long b = 0; b < D * (long)sizeof(T); b += 64)
-                                __builtin_prefetch((const char *)(k + slot_size) + b, 0, 0);
-                        float s = 0.0f;
-                        #pragma omp simd reduction(+ : s)
-                        for (long j = 0; j < D; j++)
-                            s += qf[j] * LD(k[j]);
-                        sc[it * ATTN_BLOCK + t] = masked ? -INFINITY : s;
-                    }
-                }
-            }
-            /* online softmax: rescale what was accumulated if the max grew, turn scores into weights */
-            for (long it = r0 * H; it < r1 * H; it++) {
-                float *st = sc + it * ATTN_BLOCK, block_max = -INFINITY;
-                for (long t = 0; t < count; t++)
-                    block_max = st[t] > block_max ? st[t] : block_max;
-                if (block_max > run_max[it]) {
-                    float shrink = fast_expf(run_max[it] - block_max); /* 0 on the first block */
-                    run_sum[it] *= shrink;
-                    for (long j = 0; j < D; j++)
-                        acc[it * D + j] *= shrink;
-                    run_max[it] = block_max;
-                }
-                float mx = run_max[it], total = 0.0f;
-                #pragma omp simd reduction(+ : total)
-                for (long t = 0; t < count; t++) {
-                    float p = st[t] == -INFINITY ? 0.0f : fast_expf(st[t] - mx); /* mx may be -inf too */
-                    st[t] = p;
-                    total += p;
-                }
-                run_sum[it] += total;
-            }
-            /* weighted values, slot by slot */
-            for (long t = 0; t < count; t++) {
-                const T *vt = cache_v + (start + t) * slot_size;
-                for (long i = r0; i < r1; i++)
-                    for (long h = 0; h < H; h++) {
-                        long it = i * H + h;
-                        float p = sc[it * ATTN_BLOCK + t];
-                        if (p == 0.0f)
-                            continue; /* masked: its value slot may hold anything */
-                        const T *v = vt + (i * Hk + h / rep) * D;
-                        float *a = acc + it * D;
-                        if (t + 1 < count)
-                            for (long b = 0; b < D * (long)sizeof(T); b += 64)
-                                __builtin_prefetch((const char *)(v + slot_size) + b, 0, 0);
-                        #pragma omp simd
-                        for (long j = 0; j < D; j++)
-                            a[j] += p * LD(v[j]);
-                    }
-            }
-        }
-        for (long it = r0 * H; it < r1 * H; it++) {
-            float inv = run_sum[it] > 0.0f ? 1.0f / run_sum[it] : 0.0f;
+    long rep = H / Hk;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long pair = 0; pair < n * Hk; pair++) {
+        long i = pair / Hk, g = pair % Hk;
+        const T *keys = cache_k + pair * L * D, *values = cache_v + pair * L * D;
+        const unsigned char *allowed = key_mask ? key_mask + i * mask_sn : NULL;
+        for (long h = g * rep; h < (g + 1) * rep; h++) {
+            const T *qh = q + (i * H + h) * D;
+            float *qs = work + (i * H + h) * (L + D), *s = qs + D, acc[MAX_HEAD_DIM];
             for (long j = 0; j < D; j++)
-                out[it * D + j] = ST(acc[it * D + j] * inv);
+                qs[j] = LD(qh[j]) * scale;
+            FN(scores)(qs, keys, h == g * rep ? values : NULL, s, D, span);
+            float mx = -INFINITY, total = 0.0f;
+            for (long t = 0; t < span; t++) {
+                if (allowed && !allowed[t])
+                    s[t] = -INFINITY; /* its key may be NaN: the score is replaced, never used */
+                mx = s[t] > mx ? s[t] : mx;
+            }
+            #pragma omp simd reduction(+ : total)
+            for (long t = 0; t < span; t++) {
+                float p = s[t] == -INFINITY ? 0.0f : fast_expf(s[t] - mx); /* mx may be -inf too */
+                s[t] = p;
+                total += p;
+            }
+            for (long j = 0; j < D; j++)
+                acc[j] = 0.0f;
+            for (long t = 0; t < span; t++) {
+                float p = s[t];
+                if (p == 0.0f)
+                    continue; /* masked: its value slot may hold anything */
+                const T *vt = values + t * D;
+                #pragma omp simd
+                for (long j = 0; j < D; j++)
+                    acc[j] += p * LD(vt[j]);
+            }
+            float inv = total > 0.0f ? 1.0f / total : 0.0f;
+            for (long j = 0; j < D; j++)
+                out[(i * H + h) * D + j] = ST(acc[j] * inv);
         }
     }
 }
