@@ -129,6 +129,9 @@ def _teacher_forced_decode(model, native_on: bool, prompts, steps: int, monkeypa
     with torch.no_grad():
         out = [backend.prefill(ids, mask, steps)]
         assert bool(backend.native) == native_on
+        # fp32 runs every layer in one native call (GCC builds), so that call is what this compares
+        fused = native_on and model.dtype == torch.float32 and backend.native[0].has_linear
+        assert (backend.fused is not None) == fused
         for t in range(steps - 1):
             out.append(backend.step(feed[t]))
     return torch.stack(out).float()
@@ -146,6 +149,33 @@ def test_native_decode_step_matches_the_pytorch_decode_step(kernels, dtype, monk
     atol = 1e-4 if dtype == torch.float32 else 0.1
     torch.testing.assert_close(fast, ref, atol=atol, rtol=0)
     assert (fast - ref).abs().mean() < atol / 10
+
+
+def test_fused_fp32_step_adds_every_projection_bias(kernels, monkeypatch):
+    # attention_bias and mlp_bias: all seven projections have biases, which the fused fp32 step must add
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+                      attention_bias=True, mlp_bias=True)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(0, 1.0)
+    prompts = [[5, 9, 11], [7] * 12, [3, 4, 5, 6, 7, 8, 9]]
+    fast = _teacher_forced_decode(model, True, prompts, 20, monkeypatch)
+    ref = _teacher_forced_decode(model, False, prompts, 20, monkeypatch)
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=0)
+    for name in ("mlp.up_proj", "mlp.down_proj", "self_attn.o_proj"):  # each bias moves the logits far more
+        bias = model.model.layers[1].get_submodule(name).bias
+        with torch.no_grad():
+            saved = bias.clone()
+            bias.zero_()
+            moved = _teacher_forced_decode(model, True, prompts, 20, monkeypatch)
+            bias.copy_(saved)
+        assert (moved - ref).abs().max() > 100 * 1e-4, name
 
 
 def _greedy(model, prompts):

@@ -130,6 +130,7 @@ class LlamaStaticCacheBackend:
         # (kernels, per-layer pieces) for _decode_native, or None: decided at prefill, with the cache layout
         self.native = None
         self.step_buffers: tuple[torch.Tensor, ...] = ()  # _decode_native's x, q_rot, attn_out, workspace
+        self.fused = None  # native.FusedLayers: every layer of an fp32 step in one call, made at prefill
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -197,7 +198,24 @@ class LlamaStaticCacheBackend:
             ))
         head = self.model.lm_head
         head = _feature_major_linear(head, kernels) if type(head) is torch.nn.Linear else None
-        return kernels, layers, (final.weight, final.variance_epsilon), head
+        return kernels, layers, (final.weight, final.variance_epsilon), head, self._fused_weights(like)
+
+    def _fused_weights(self, like: torch.Tensor) -> list | None:
+        """Per layer the tensors :meth:`~alignkit.generation.native.DecodeKernels.fused_layers` takes (the two
+        norms' weights, the seven projections' weights, their biases), or None where the fused fp32 step
+        cannot run them: another dtype, or a projection that is not a plain ``nn.Linear`` (a LoRA wrapper)."""
+        if like.dtype != torch.float32:
+            return None
+        weights = []
+        for layer in self.decoder.layers:
+            attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
+            projections = [getattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")] + list(gated[:3])
+            if any(type(p) is not torch.nn.Linear or p.weight.dtype != torch.float32 or not p.weight.is_contiguous()
+                   for p in projections):
+                return None
+            weights.append([layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                            *(p.weight for p in projections), *(p.bias for p in projections)])
+        return weights
 
     def _decode_native(self, tokens: torch.Tensor) -> torch.Tensor:
         """:meth:`_decode` with the native kernels (:mod:`alignkit.generation.native`) on feature-major
@@ -207,12 +225,16 @@ class LlamaStaticCacheBackend:
         and the other step buffers, made at prefill, are reused across layers and steps (each GEMM has read
         ``x`` before the next kernel writes it). Returns the final hidden states as a ``[N, d]`` view of ``x``,
         valid until the next step."""
-        kernels, layers, (final_weight, final_eps), _ = self.native
+        kernels, layers, (final_weight, final_eps), _, _ = self.native
         x, q_rot, attn_out, workspace = self.step_buffers
         h = self.decoder.embed_tokens(tokens).t().contiguous()  # [d, N]
         slot = self.length
         mask = None if self.no_padding else self.key_mask
         cos_table, sin_table = self.rope_table
+        if self.fused is not None:  # fp32: the same kernels in one native call for all layers
+            pending = self.fused.step(h, cos_table, sin_table, self.next_pos, mask, slot, self.scale)
+            self.length += 1
+            return kernels.add_rms_norm(h, pending, final_weight, final_eps, x).t()
         pending = None  # the previous layer's MLP output, added to h by the next norm kernel
         for idx, (w_in, eps_in, w_post, eps_post, q_proj, k_proj, v_proj, o_proj, gate, up, down) in enumerate(layers):
             kernels.add_rms_norm(h, pending, w_in, eps_in, x)
@@ -427,11 +449,17 @@ class LlamaStaticCacheBackend:
         layers = len(self.decoder.layers)
         self.cache_k = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
         self.cache_v = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        self.fused = None
         if self.native:
             heads, head_dim = self.num_heads, self.head_dim
             self.step_buffers = (like.new_empty((like.shape[1], n)), like.new_empty((n, heads, head_dim)),
                                  like.new_empty((n, heads * head_dim)),
                                  self.native[0].attention_workspace(n, heads, head_dim, total))
+            fused_weights = self.native[4]
+            if fused_weights is not None:
+                eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
+                       for layer in self.decoder.layers]
+                self.fused = self.native[0].fused_layers(fused_weights, eps, list(zip(self.cache_k, self.cache_v)), n)
         self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
@@ -457,7 +485,7 @@ class LlamaStaticCacheBackend:
 
     def release(self) -> None:
         self.cache_k, self.cache_v, self.key_mask, self.decode_layers, self.rope_table = [], [], None, None, None
-        self.native, self.step_buffers = None, ()
+        self.native, self.step_buffers, self.fused = None, (), None
 
 
 class HFCacheBackend:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DecodeKernels", "load_decode_kernels", "kernel_cache_dir", "ENV_SWITCH"]
+__all__ = ["DecodeKernels", "FusedLayers", "load_decode_kernels", "kernel_cache_dir", "ENV_SWITCH"]
 
 ENV_SWITCH = "ALIGNKIT_NATIVE_KERNELS"
 _SOURCE_DIR = Path(__file__).resolve().parent
@@ -146,6 +146,12 @@ class DecodeKernels:
         if int(lib.alignkit_has_gemm()):
             self._gemm = lib.gemm_f32
             self._gemm.argtypes, self._gemm.restype = (_P, _P, _L, _P, _P, _L, _L, _L, _L), None
+        self._layers = None  # every layer of an fp32 decode step in one call (GCC builds)
+        if int(lib.alignkit_has_fused_layers()):
+            self._layers = lib.decode_layers_f32
+            self._layers.argtypes = (_L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L,
+                                     _F, _L)
+            self._layers.restype = None
         self._fn: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
         for dtype, suffix in _SUFFIX.items():
             for name, argtypes in _SIGNATURES.items():
@@ -216,6 +222,17 @@ class DecodeKernels:
                    out.data_ptr(), weight.shape[0], k, n, threads)
         return out
 
+    def fused_layers(self, weights: list[list[torch.Tensor | None]], eps: list[tuple[float, float]],
+                     caches: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> FusedLayers | None:
+        """The state of :meth:`FusedLayers.step` for batches of ``n`` rows, or None where this build has no
+        fused fp32 step. ``weights``: per layer the input norm's, the post-attention norm's, then the q, k, v,
+        o, gate, up and down projections' weights, and the q, k, v, o, gate, up and down biases (None: none),
+        every one contiguous fp32; ``eps``: per layer the two norms' epsilons; ``caches``: per layer the key
+        and value caches ``[N, H_kv, L, D]``."""
+        if self._layers is None:
+            return None
+        return FusedLayers(self._layers, weights, eps, caches, n)
+
     def silu_mul(self, gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = silu(gate) * up``, elementwise over tensors of one shape and layout. Returns ``out``."""
         self._fn["silu_mul", out.dtype](gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel())
@@ -234,3 +251,49 @@ class DecodeKernels:
                 logits.data_ptr(), logits.stride(0), logits.stride(1), n, vocab, temperature, uniforms.data_ptr(),
                 None if forbid is None else forbid.data_ptr(), token.data_ptr(), logp.data_ptr(), threads):
             raise MemoryError(f"sample_rows: no memory for its [{vocab}, 16] float buffer")
+
+
+class FusedLayers:
+    """Every layer of one fp32 decode step in one native call (``decode_layers_f32``): the kernels of
+    :class:`DecodeKernels` and its GEMM in the order ``LlamaStaticCacheBackend._decode_native`` calls them,
+    with the per-call pointers and step buffers made once per generate call. Made by
+    :meth:`DecodeKernels.fused_layers`."""
+
+    def __init__(self, fn, weights, eps, caches, n: int):
+        self._fn = fn
+        first = weights[0]
+        d, hd, kv, inter = first[0].shape[0], first[2].shape[0], first[3].shape[0], first[6].shape[0]
+        padded = -(-n // 16) * 16
+        cache_k = caches[0][0]
+        _, kv_heads, slots, head_dim = cache_k.shape
+        heads = hd // head_dim
+        new = first[2].new_empty
+        self.x, self.q, self.k, self.v = new((d, n)), new((hd, n)), new((kv, n)), new((kv, n))
+        self.q_rot, self.attn, self.o = new((n, heads, head_dim)), new((n, hd)), new((d, n))
+        self.g, self.u, self.mlp = new((inter, n)), new((inter, n)), new((d, n))
+        self.pad = new((max(d, hd, inter), padded))
+        self.work = DecodeKernels.attention_workspace(n, heads, head_dim, slots)
+        buffers = (self.x, self.q, self.k, self.v, self.q_rot, self.attn, self.o, self.g, self.u, self.mlp,
+                   self.pad, self.work)
+
+        def pointers(tensors):
+            return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
+
+        self._weights = pointers([t for layer in weights for t in layer])
+        self._eps = (ctypes.c_float * (2 * len(eps)))(*(e for pair in eps for e in pair))
+        self._caches = pointers([t for pair in caches for t in pair])
+        self._buffers = pointers(buffers)
+        self._keep = (weights, caches, buffers)  # the pointers' tensors stay alive as long as this object
+        self.layers, self.n, self.shape = len(weights), n, (d, heads, kv_heads, head_dim, inter, slots)
+
+    def step(self, h: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor,
+             key_mask: torch.Tensor | None, slot: int, scale: float) -> torch.Tensor:
+        """Run every layer on the residual stream ``h [d, N]`` (updated in place) for the token written at
+        cache ``slot``; returns the last layer's MLP output ``[d, N]`` (to add to ``h`` before the final
+        norm), valid until the next step."""
+        d, heads, kv_heads, head_dim, inter, slots = self.shape
+        mask_ptr, mask_sn = (None, 0) if key_mask is None else (key_mask.data_ptr(), key_mask.stride(0))
+        self._fn(self.layers, self._weights, self._eps, self._caches, h.data_ptr(), self._buffers,
+                 cos_table.data_ptr(), sin_table.data_ptr(), positions.data_ptr(), mask_ptr, mask_sn, self.n, d,
+                 heads, kv_heads, head_dim, inter, slots, slot, scale, torch.get_num_threads())
+        return self.mlp
