@@ -183,10 +183,11 @@ void FN(decode_attention)(const T *q, const T *cache_k, const T *cache_v, const 
 }
 
 /* out = silu(g) * u for the gated MLP, as transformers computes act_fn(gate) * up: silu rounded to T,
- * the product rounded to T. g, u, out: `count` elements in the same layout. */
+ * the product rounded to T. g, u, out: `count` elements in the same layout (out may be g). Split over the
+ * OpenMP threads from 32k elements. */
 void FN(silu_mul)(const T *g, const T *u, T *out, long count)
 {
-    #pragma omp simd
+    #pragma omp parallel for simd schedule(static) if (count >= 1 << 15)
     for (long e = 0; e < count; e++) {
         float x = LD(g[e]);
         out[e] = ST(RND(x / (1.0f + fast_expf(-x))) * LD(u[e]));
@@ -198,19 +199,22 @@ void FN(silu_mul)(const T *g, const T *u, T *out, long count)
  * alignkit.generation.base.sample_from_probs. Ids flagged in `forbid` (a byte per id, NULL: none; EOS
  * before min_new_tokens) get probability 0 in the draw but stay in the normaliser of the returned log-prob,
  * log softmax(logits / temperature)[token], which is the full tempered distribution's (what the trainer
- * recomputes). logits: [n, V] with strides (sn, sv), either layout. Rows go in blocks of ROW_BLOCK, the
- * blocks split over `threads` threads; per block the tempered logits, then the probabilities, are kept in a
- * [V, ROW_BLOCK] buffer, so each logit is divided and exponentiated once. Returns 0, or 1 if that buffer
+ * recomputes). logits: [n, V] with strides (sn, sv), either layout. Rows go in blocks of up to ROW_BLOCK, the
+ * blocks split over `threads` threads; per block of m rows the tempered logits, then the probabilities, are
+ * kept in a [V, m] buffer, so each logit is divided and exponentiated once. Returns 0, or 1 if that buffer
  * could not be allocated. */
 int FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float temperature, const double *u,
                     const unsigned char *forbid, long *token, float *logp, long threads)
 {
-    long blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+    /* blocks of fewer rows when there are too few for every thread (16 rows, 2 threads: 2 blocks of 8); a
+     * row's numbers do not depend on the block it is in */
+    long per_thread = (n + threads - 1) / threads, rows = per_thread < ROW_BLOCK ? per_thread : ROW_BLOCK;
+    long blocks = (n + rows - 1) / rows;
     int failed = 0;
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : failed)
     for (long b = 0; b < blocks; b++) {
-        long i0 = b * ROW_BLOCK, m = n - i0 < ROW_BLOCK ? n - i0 : ROW_BLOCK;
-        float *buf = malloc((size_t)V * ROW_BLOCK * sizeof(float));
+        long i0 = b * rows, m = n - i0 < rows ? n - i0 : rows;
+        float *buf = malloc((size_t)V * m * sizeof(float));
         if (!buf) {
             failed = 1;
             continue;
@@ -222,14 +226,14 @@ int FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float tem
             mx[i] = -INFINITY, total[i] = 0.0, allowed[i] = 0.0, cum[i] = 0.0, found[i] = -1, last[i] = -1;
         const T *x = logits + i0 * sn;
         for (long v = 0; v < V; v++) {
-            float *bv = buf + v * ROW_BLOCK;
+            float *bv = buf + v * m;
             for (long i = 0; i < m; i++) {
                 bv[i] = LD(x[v * sv + i * sn]) / temperature;
                 mx[i] = bv[i] > mx[i] ? bv[i] : mx[i];
             }
         }
         for (long v = 0; v < V; v++) {
-            float *bv = buf + v * ROW_BLOCK;
+            float *bv = buf + v * m;
             int skip = forbid && forbid[v];
             for (long i = 0; i < m; i++) {
                 float p = fast_expf(bv[i] - mx[i]);
@@ -241,7 +245,7 @@ int FN(sample_rows)(const T *logits, long sn, long sv, long n, long V, float tem
         for (long i = 0; i < m; i++)
             target[i] = u[i0 + i] * allowed[i];
         for (long v = 0; v < V; v++) {
-            const float *bv = buf + v * ROW_BLOCK;
+            const float *bv = buf + v * m;
             long pending = 0;
             for (long i = 0; i < m; i++) {
                 cum[i] += bv[i];
