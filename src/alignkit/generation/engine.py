@@ -459,7 +459,8 @@ class LlamaStaticCacheBackend:
             if fused_weights is not None:
                 eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                        for layer in self.decoder.layers]
-                self.fused = self.native[0].fused_layers(fused_weights, eps, list(zip(self.cache_k, self.cache_v)), n)
+                caches = list(zip(self.cache_k, self.cache_v, strict=True))
+                self.fused = self.native[0].fused_layers(fused_weights, eps, caches, n)
         self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)
