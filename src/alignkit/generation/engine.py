@@ -184,38 +184,26 @@ class LlamaStaticCacheBackend:
         kernels = load_decode_kernels()
         if kernels is None or self.head_dim > kernels.max_head_dim:
             return None
-        layers = []
+        # fused: per layer what DecodeKernels.fused_layers takes (norm weights, projection weights, their biases)
+        # for the fp32 step in one native call; None where a projection is not a plain fp32 nn.Linear (LoRA)
+        layers, fused = [], [] if like.dtype == torch.float32 else None
         for layer in self.decoder.layers:
             attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
             if gated is None or type(gated[3]).__name__ not in ("SiLU", "SiLUActivation"):
                 return None
             norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
-            layers.append((
-                norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
-                *(_feature_major_linear(getattr(attn, name), kernels) for name in ("q_proj", "k_proj", "v_proj",
-                                                                                   "o_proj")),
-                *(_feature_major_linear(proj, kernels) for proj in gated[:3]),
-            ))
+            projections = [getattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")] + list(gated[:3])
+            layers.append((norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
+                           *(_feature_major_linear(proj, kernels) for proj in projections)))
+            if fused is not None and all(type(p) is torch.nn.Linear and p.weight.dtype == torch.float32
+                                         and p.weight.is_contiguous() for p in projections):
+                fused.append([norm_in.weight, norm_post.weight, *(p.weight for p in projections),
+                              *(p.bias for p in projections)])
+            else:
+                fused = None
         head = self.model.lm_head
         head = _feature_major_linear(head, kernels) if type(head) is torch.nn.Linear else None
-        return kernels, layers, (final.weight, final.variance_epsilon), head, self._fused_weights(like)
-
-    def _fused_weights(self, like: torch.Tensor) -> list | None:
-        """Per layer the tensors :meth:`~alignkit.generation.native.DecodeKernels.fused_layers` takes (the two
-        norms' weights, the seven projections' weights, their biases), or None where the fused fp32 step
-        cannot run them: another dtype, or a projection that is not a plain ``nn.Linear`` (a LoRA wrapper)."""
-        if like.dtype != torch.float32:
-            return None
-        weights = []
-        for layer in self.decoder.layers:
-            attn, gated = layer.self_attn, _gated_mlp(layer.mlp)
-            projections = [getattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")] + list(gated[:3])
-            if any(type(p) is not torch.nn.Linear or p.weight.dtype != torch.float32 or not p.weight.is_contiguous()
-                   for p in projections):
-                return None
-            weights.append([layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                            *(p.weight for p in projections), *(p.bias for p in projections)])
-        return weights
+        return kernels, layers, (final.weight, final.variance_epsilon), head, fused
 
     def _decode_native(self, tokens: torch.Tensor) -> torch.Tensor:
         """:meth:`_decode` with the native kernels (:mod:`alignkit.generation.native`) on feature-major
@@ -457,10 +445,9 @@ class LlamaStaticCacheBackend:
                                  self.native[0].attention_workspace(n, heads, head_dim, total))
             fused_weights = self.native[4]
             if fused_weights is not None:
-                eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
-                       for layer in self.decoder.layers]
+                eps = [(layer[1], layer[3]) for layer in self.native[1]]
                 caches = list(zip(self.cache_k, self.cache_v, strict=True))
-                self.fused = self.native[0].fused_layers(fused_weights, eps, caches, n)
+                self.fused = self.native[0].fused_layers(fused_weights, eps, caches, self.step_buffers)
         self.zeroed_until = p  # slots before this hold keys and values or zeros (see _bucket_end)
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
         # real keys only; a padding query may see itself so that no row is empty (its output is unused)

@@ -223,15 +223,16 @@ class DecodeKernels:
         return out
 
     def fused_layers(self, weights: list[list[torch.Tensor | None]], eps: list[tuple[float, float]],
-                     caches: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> FusedLayers | None:
-        """The state of :meth:`FusedLayers.step` for batches of ``n`` rows, or None where this build has no
-        fused fp32 step. ``weights``: per layer the input norm's, the post-attention norm's, then the q, k, v,
-        o, gate, up and down projections' weights, and the q, k, v, o, gate, up and down biases (None: none),
-        every one contiguous fp32; ``eps``: per layer the two norms' epsilons; ``caches``: per layer the key
+                     caches: list[tuple[torch.Tensor, torch.Tensor]], step_buffers: tuple) -> FusedLayers | None:
+        """The state of :meth:`FusedLayers.step`, or None where this build has no fused fp32 step.
+        ``step_buffers``: the backend's ``x [d, N]``, ``q_rot [N, H, D]``, ``attn [N, H*D]`` and attention
+        workspace, which the fused step uses too. ``weights``: per layer the input norm's, the post-attention
+        norm's, then the q, k, v, o, gate, up and down projections' weights, and their seven biases (None:
+        none), every one contiguous fp32; ``eps``: per layer the two norms' epsilons; ``caches``: per layer the key
         and value caches ``[N, H_kv, L, D]``."""
         if self._layers is None:
             return None
-        return FusedLayers(self._layers, weights, eps, caches, n)
+        return FusedLayers(self._layers, weights, eps, caches, step_buffers)
 
     def silu_mul(self, gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = silu(gate) * up``, elementwise over tensors of one shape and layout. Returns ``out``."""
@@ -259,20 +260,18 @@ class FusedLayers:
     with the per-call pointers and step buffers made once per generate call. Made by
     :meth:`DecodeKernels.fused_layers`."""
 
-    def __init__(self, fn, weights, eps, caches, n: int):
+    def __init__(self, fn, weights, eps, caches, step_buffers):
         self._fn = fn
+        self.x, self.q_rot, self.attn, self.work = step_buffers  # shared with the backend's Python path
         first = weights[0]
-        d, hd, kv, inter = first[0].shape[0], first[2].shape[0], first[3].shape[0], first[6].shape[0]
-        padded = -(-n // 16) * 16
-        cache_k = caches[0][0]
-        _, kv_heads, slots, head_dim = cache_k.shape
+        d, n = self.x.shape
+        hd, kv, inter = first[2].shape[0], first[3].shape[0], first[6].shape[0]
+        _, kv_heads, slots, head_dim = caches[0][0].shape
         heads = hd // head_dim
         new = first[2].new_empty
-        self.x, self.q, self.k, self.v = new((d, n)), new((hd, n)), new((kv, n)), new((kv, n))
-        self.q_rot, self.attn, self.o = new((n, heads, head_dim)), new((n, hd)), new((d, n))
+        self.q, self.k, self.v, self.o = new((hd, n)), new((kv, n)), new((kv, n)), new((d, n))
         self.g, self.u, self.mlp = new((inter, n)), new((inter, n)), new((d, n))
-        self.pad = new((max(d, hd, inter), padded))
-        self.work = DecodeKernels.attention_workspace(n, heads, head_dim, slots)
+        self.pad = new((max(d, hd, inter), -(-n // 16) * 16))
         buffers = (self.x, self.q, self.k, self.v, self.q_rot, self.attn, self.o, self.g, self.u, self.mlp,
                    self.pad, self.work)
 
